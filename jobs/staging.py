@@ -1,0 +1,109 @@
+"""The staging stage: svn update of the ticket's paths, then a snapshot commit of the staging tree."""
+
+from __future__ import annotations
+
+from webapp import tickets, workflow
+from webapp.errors import Conflict
+from webapp.extensions import db
+from webapp.models import Run
+
+from . import runner
+from .context import app_context
+from .lifecycle import RunContext, ansible_envvars, project_dir, run_dir_for
+
+PLAYBOOK = "staging_update.yml"
+
+
+def claim(run_id: int, expected_state: workflow.State) -> Run | None:
+    """Return the run if it is still queued and its ticket waits for it; otherwise mark it skipped."""
+    run = db.session.get(Run, run_id)
+    if run is None or run.status != "queued":
+        return None  # already handled: a job that runs twice does nothing the second time
+    if run.ticket.state != expected_state.value:
+        run.status = "canceled"
+        run.error = f"ticket was {run.ticket.state} when the worker got to it"
+        db.session.commit()
+        return None
+    return run
+
+
+def update_staging(run_id: int) -> str:
+    """RQ job: update the project's staging working copy for one ticket and snapshot it."""
+    with app_context():
+        run = claim(run_id, workflow.State.PENDING_STAGING)
+        if run is None:
+            return "skipped"
+        with RunContext(run, "staging") as ctx:
+            try:
+                return _update(ctx)
+            except Exception as e:
+                db.session.rollback()
+                _fail(ctx, None, "failed", f"worker error: {e!r}")
+                raise
+
+
+def _update(ctx: RunContext) -> str:
+    """Do the staging update inside a claimed run."""
+    run = ctx.run
+    ticket = run.ticket
+    project = ticket.project
+    if not ctx.wait_for_lock(lambda holder: f"the staging update of run #{holder} on {project.name}"):
+        _fail(ctx, None, "canceled", "canceled while waiting for the staging lock")
+        return "canceled"
+    try:
+        tickets.fire(db.session, ticket.id, workflow.STAGING_STARTED)
+    except Conflict:
+        run.status, run.error = "canceled", f"ticket was {ticket.state} when its turn came"
+        db.session.commit()
+        return "canceled"
+    db.session.commit()
+    run_dir = run_dir_for(run)
+    runner.prepare_run_dir(
+        run_dir,
+        playbook=PLAYBOOK,
+        inventory_file=None,
+        extravars={
+            "svn_url": project.svn_url,
+            "staging_dir": project.staging_dir,
+            "snapshot_git_dir": str(project_dir(project.name) / "staging.git"),
+            "svn_paths": ticket.svn_paths,
+            "svn_revision": ticket.svn_revision,
+            "commit_message": f"ticket #{ticket.id} run #{run.id}: {ticket.reason[:200]}",
+        },
+        envvars=ansible_envvars(),
+    )
+    result = runner.run_playbook(
+        run_dir,
+        PLAYBOOK,
+        expected_hosts=["localhost"],
+        timeout=project.stage_timeout,
+        on_event=ctx.on_event,
+        should_cancel=ctx.should_cancel,
+    )
+    if result.status != "successful":
+        _fail(ctx, result, result.status, result.error or f"staging update {result.status}")
+        return result.status
+    run.commit = result.outputs["commit"]
+    ctx.finish(result, "successful")
+    tickets.fire(
+        db.session,
+        ticket.id,
+        workflow.STAGING_SUCCEEDED,
+        f"staging at r{result.outputs.get('svn_revision')}, snapshot {str(result.outputs.get('commit'))[:10]}",
+        staging_commit=result.outputs["commit"],
+        staging_revision=result.outputs.get("svn_revision"),
+        last_error="",
+    )
+    db.session.commit()
+    return "successful"
+
+
+def _fail(ctx: RunContext, result: runner.RunResult | None, status: str, error: str) -> None:
+    """Record a failed staging run and move the ticket to staging_failed."""
+    ctx.finish(result, status, error)
+    db.session.commit()
+    try:
+        tickets.fire(db.session, ctx.run.ticket_id, workflow.STAGING_FAILED, error[:500], last_error=error)
+        db.session.commit()
+    except Conflict:
+        db.session.rollback()  # the ticket already left staging_updating (e.g. the reconciler got there first)

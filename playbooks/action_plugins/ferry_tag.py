@@ -1,0 +1,125 @@
+"""Ansible action plugin: tag the tested snapshot commit as version N and bring the release tree to that tag."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from ansible.plugins.action import ActionBase
+
+MAX_MSG = 2048
+GIT_IDENTITY = [
+    "-c",
+    "user.name=Ferry",
+    "-c",
+    "user.email=ferry@localhost",
+    "-c",
+    "safe.directory=*",
+]
+
+
+class TagError(Exception):
+    """A git step failed; the message is shown on the ticket."""
+
+
+def _git(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run git with Ferry's identity (argv only, never a shell)."""
+    proc = subprocess.run(
+        ["git", *GIT_IDENTITY, *argv],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise TagError(
+            f"git {argv[-1] if argv else ''} failed: {(proc.stderr or proc.stdout).strip()[-MAX_MSG:]}"
+        )
+    return proc
+
+
+def _resolve(git_dir: str, ref: str) -> str | None:
+    """Return the commit a ref points to, or None when it does not exist."""
+    proc = _git(
+        f"--git-dir={git_dir}",
+        "rev-parse",
+        "-q",
+        "--verify",
+        f"{ref}^{{commit}}",
+        check=False,
+    )
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def tag_version(snapshot: str, commit: str, version: int) -> tuple[str, bool]:
+    """Create annotated tag N on commit unless it exists; refuse a tag N that points elsewhere."""
+    sha = _resolve(snapshot, commit)
+    if sha is None:
+        raise TagError(f"commit {commit} is not in {snapshot}")
+    existing = _resolve(snapshot, f"refs/tags/{version}")
+    if existing is not None:
+        if existing != sha:
+            raise TagError(
+                f"tag {version} already exists and points to {existing}, not {sha}"
+            )
+        return sha, False
+    _git(
+        f"--git-dir={snapshot}",
+        "tag",
+        "-a",
+        str(version),
+        sha,
+        "-m",
+        f"Ferry release {version}",
+    )
+    return sha, True
+
+
+def checkout_release(snapshot: str, release_dir: str, version: int, sha: str) -> None:
+    """Clone on first use, fetch tags and force the work tree to exactly tag N."""
+    if not os.path.isdir(os.path.join(release_dir, ".git")):
+        _git("clone", "-q", "--no-checkout", snapshot, release_dir)
+    repo = f"--git-dir={release_dir}/.git", f"--work-tree={release_dir}"
+    _git(*repo, "fetch", "-q", "--force", snapshot, "+refs/tags/*:refs/tags/*")
+    _git(*repo, "checkout", "-q", "-f", "--detach", f"refs/tags/{version}^{{commit}}")
+    # -x as well: the tree must be exactly the tag, with no leftovers from an older checkout.
+    _git(*repo, "clean", "-q", "-f", "-d", "-x")
+    head = _resolve(f"{release_dir}/.git", "HEAD")
+    if head != sha:
+        raise TagError(f"release tree is at {head}, expected {sha}")
+
+
+class ActionModule(ActionBase):
+    """Tag commit as N in the snapshot repository and check the release tree out at N."""
+
+    TRANSFERS_FILES = False
+    _requires_connection = False
+
+    def run(self, tmp=None, task_vars=None):
+        """Run both steps on the controller."""
+        result = super().run(tmp, task_vars)
+        args = self._task.args
+        try:
+            version = int(args["version"])
+            snapshot, release_dir = (
+                str(args["snapshot_git_dir"]),
+                str(args["release_dir"]),
+            )
+            sha, created = tag_version(snapshot, str(args["commit"]), version)
+            checkout_release(snapshot, release_dir, version, sha)
+        except TagError as exc:
+            return {**result, "failed": True, "msg": str(exc)}
+        except (KeyError, ValueError) as exc:
+            return {
+                **result,
+                "failed": True,
+                "msg": f"ferry_tag: bad arguments: {exc!r}",
+            }
+        result.update(
+            changed=created,
+            msg=f"tag {version} = {sha[:12]} ({'created' if created else 'existing'}); release tree checked out",
+            ferry={
+                "release": {"version": version, "commit": sha, "tag_created": created}
+            },
+        )
+        return result

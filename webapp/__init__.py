@@ -1,0 +1,24 @@
+"""Ferry: a web-based code release system."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from . import auth, cli, config, views
+from .extensions import csrf, db, login_manager, migrate
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """Create and wire the Flask app; read config, bind extensions, register blueprints."""
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.from_mapping(config.from_env())
+    if test_config:
+        app.config.update(test_config)
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(config.REPO_ROOT / "migrations"))
+    login_manager.init_app(app)
+    csrf.init_app(app)
+    auth.init_app(app)
+    views.init_app(app)
+    cli.init_app(app)
+    return app

@@ -1,0 +1,111 @@
+"""`flask` commands for ops: users, projects, memberships, the worker."""
+
+from __future__ import annotations
+
+import click
+from flask import Flask
+from flask.cli import AppGroup
+
+from . import projects as svc
+from .auth import issue_token
+from .errors import DomainError
+from .extensions import db
+
+user_cli = AppGroup("user", help="Manage users.")
+project_cli = AppGroup("project", help="Manage projects and memberships.")
+
+
+def _run(fn, *args, **kwargs):
+    """Call a service, commit, and turn domain errors into a clean CLI error."""
+    try:
+        result = fn(db.session, *args, **kwargs)
+        db.session.commit()
+        return result
+    except DomainError as e:
+        db.session.rollback()
+        raise click.ClickException(e.message) from e
+
+
+@user_cli.command("create")
+@click.argument("name")
+@click.option("--password", required=True, help="at least 8 characters")
+@click.option("--admin", is_flag=True, help="may manage users, projects and memberships")
+def user_create(name: str, password: str, admin: bool) -> None:
+    """Create a user."""
+    _run(svc.create_user, name, password, admin)
+    click.echo(f"user {name} created{' (admin)' if admin else ''}")
+
+
+@user_cli.command("token")
+@click.argument("name")
+def user_token(name: str) -> None:
+    """Print a new API token for a user (only its hash is stored)."""
+    user = _run(svc.get_user, name)
+    token = issue_token(user)
+    db.session.commit()
+    click.echo(token)
+
+
+@project_cli.command("create")
+@click.argument("name")
+@click.option("--svn-url", required=True)
+@click.option("--staging-dir", required=True, help="the staging working copy; checked out on first update")
+@click.option("--inventory", required=True, help="inventory file, relative to inventory/ or absolute")
+@click.option("--group", required=True, help="inventory group of the production hosts")
+@click.option("--staging-url", default="", help="where testers see staging")
+@click.option("--no-approval", is_flag=True, help="test passed goes straight to approved")
+@click.option("--allow-self-approval", is_flag=True, help="a lead may approve their own ticket")
+@click.option("--mode", "deploy_mode", type=click.Choice(["atomic", "inplace"]), default="atomic")
+@click.option("--keep", "keep_releases", type=int, default=5, help="releases kept per host")
+@click.option("--forks", type=int, default=10, help="hosts synced in parallel")
+@click.option("--timeout", "stage_timeout", type=int, default=1800, help="seconds a stage may run")
+@click.option("--shared", "shared_paths", multiple=True, help="path kept across releases (repeatable)")
+@click.option("--hook", "hook_tasks", default="", help="task file in playbooks/ run on each host after switch")
+def project_create(name: str, no_approval: bool, **settings: object) -> None:
+    """Create a project."""
+    settings["requires_approval"] = not no_approval
+    settings["shared_paths"] = list(settings["shared_paths"])  # type: ignore[arg-type]
+    _run(svc.create_project, name, **settings)
+    click.echo(f"project {name} created")
+
+
+@project_cli.command("member")
+@click.argument("name")
+@click.argument("username")
+@click.option("--role", type=click.Choice(["developer", "lead", "none"]), required=True)
+def project_member(name: str, username: str, role: str) -> None:
+    """Give a user a role in a project (`none` removes them)."""
+    project = _run(svc.get_project, name)
+    user = _run(svc.get_user, username)
+    _run(svc.set_member, project, user, None if role == "none" else role)
+    click.echo(f"{username} is {role} of {name}")
+
+
+@click.command("worker")
+@click.option("--burst", is_flag=True, help="stop when the queue is empty")
+def worker(burst: bool) -> None:
+    """Run an RQ worker for Ferry's queue (reconciles lost runs first)."""
+    from rq import Worker
+
+    from jobs.queue import queue, redis_connection
+    from jobs.reconcile import reconcile
+
+    click.echo(f"reconciled: {reconcile()}")
+    conn = redis_connection()
+    Worker([queue(conn)], connection=conn).work(burst=burst, with_scheduler=False)
+
+
+@click.command("reconcile")
+def reconcile_cmd() -> None:
+    """Find runs whose worker is gone, fail them, and re-enqueue runs that never reached the queue."""
+    from jobs.reconcile import reconcile
+
+    click.echo(reconcile())
+
+
+def init_app(app: Flask) -> None:
+    """Register the CLI groups."""
+    app.cli.add_command(user_cli)
+    app.cli.add_command(project_cli)
+    app.cli.add_command(worker)
+    app.cli.add_command(reconcile_cmd)

@@ -1,0 +1,35 @@
+"""Configuration read from the environment, with named defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SECRET_KEY = "dev-only-change-me"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_STAGE_TIMEOUT = 1800  # seconds a playbook may run before it is stopped
+DEFAULT_KEEP_RELEASES = 5
+DEFAULT_RUN_RETENTION = 50  # run directories kept per project
+
+
+def from_env() -> dict:
+    """Return the settings taken from the environment at app creation time."""
+    data_dir = Path(os.environ.get("FERRY_DATA_DIR", REPO_ROOT / "instance" / "data")).resolve()
+    return {
+        "SECRET_KEY": os.environ.get("SECRET_KEY", DEFAULT_SECRET_KEY),
+        "SQLALCHEMY_DATABASE_URI": os.environ.get(
+            "DATABASE_URL", f"sqlite:///{REPO_ROOT / 'instance' / 'ferry.sqlite3'}"
+        ),
+        "REDIS_URL": os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
+        "FERRY_DATA_DIR": data_dir,
+        "FERRY_INVENTORY_DIR": Path(os.environ.get("FERRY_INVENTORY_DIR", REPO_ROOT / "inventory")).resolve(),
+        "FERRY_PLAYBOOK_DIR": REPO_ROOT / "playbooks",
+        "FERRY_QUEUE": os.environ.get("FERRY_QUEUE", "ferry"),
+        "FERRY_STAGE_TIMEOUT": int(os.environ.get("FERRY_STAGE_TIMEOUT", DEFAULT_STAGE_TIMEOUT)),
+        "FERRY_RUN_RETENTION": int(os.environ.get("FERRY_RUN_RETENTION", DEFAULT_RUN_RETENTION)),
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": os.environ.get("FERRY_HTTPS", "") == "1",
+        "MAX_CONTENT_LENGTH": 1024 * 1024,  # no form or API body needs more than 1 MB
+    }

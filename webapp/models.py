@@ -1,0 +1,215 @@
+"""Database models: users, projects, tickets, their history, releases and runs."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+
+from argon2 import PasswordHasher
+from argon2.exceptions import VerificationError
+from flask_login import UserMixin
+from sqlalchemy import JSON, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from .extensions import db
+from .workflow import Kind, Role, State
+
+_hasher = PasswordHasher()  # argon2id: memory-hard
+
+
+def utcnow() -> datetime:
+    """Return the current time in UTC without tzinfo (portable across SQLite and PostgreSQL)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class User(UserMixin, db.Model):
+    """A person who logs in; admins manage users, projects and memberships."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    is_admin: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    memberships: Mapped[list[Membership]] = relationship(back_populates="user", cascade="all, delete-orphan")
+
+    def set_password(self, password: str) -> None:
+        """Store an argon2 hash of `password`."""
+        self.password_hash = _hasher.hash(password)
+
+    def check_password(self, password: str) -> bool:
+        """Tell whether `password` matches the stored hash."""
+        try:
+            return _hasher.verify(self.password_hash, password)
+        except VerificationError:
+            return False
+
+    def role_in(self, project: Project) -> Role | None:
+        """Return this user's role in `project`, or None."""
+        for m in self.memberships:
+            if m.project_id == project.id:
+                return Role(m.role)
+        return None
+
+
+class ApiToken(db.Model):
+    """A bearer token for the JSON API; only its SHA-256 is stored."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user.id"))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+
+    user: Mapped[User] = relationship()
+
+    @staticmethod
+    def digest(token: str) -> str:
+        """Return the stored form of a token."""
+        return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Project(db.Model):
+    """A website released from one SVN working copy to one inventory group."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    svn_url: Mapped[str] = mapped_column(String(1024))
+    staging_dir: Mapped[str] = mapped_column(String(1024))
+    staging_url: Mapped[str] = mapped_column(String(1024), default="")
+    inventory: Mapped[str] = mapped_column(String(1024))  # file path, relative to inventory/ or absolute
+    group: Mapped[str] = mapped_column(String(128))
+    requires_approval: Mapped[bool] = mapped_column(default=True)
+    allow_self_approval: Mapped[bool] = mapped_column(default=False)
+    deploy_mode: Mapped[str] = mapped_column(String(16), default="atomic")  # atomic | inplace
+    keep_releases: Mapped[int] = mapped_column(default=5)
+    shared_paths: Mapped[list] = mapped_column(JSON, default=list)
+    hook_tasks: Mapped[str] = mapped_column(String(1024), default="")
+    forks: Mapped[int] = mapped_column(default=10)
+    stage_timeout: Mapped[int] = mapped_column(default=1800)
+    live_version: Mapped[int | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    memberships: Mapped[list[Membership]] = relationship(back_populates="project", cascade="all, delete-orphan")
+
+
+class Membership(db.Model):
+    """A user's role (developer or lead) in a project."""
+
+    __table_args__ = (UniqueConstraint("user_id", "project_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user.id"))
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id"))
+    role: Mapped[str] = mapped_column(String(16), default=Role.DEVELOPER.value)
+
+    user: Mapped[User] = relationship(back_populates="memberships")
+    project: Mapped[Project] = relationship(back_populates="memberships")
+
+
+class Ticket(db.Model):
+    """A release or rollback request and where it stands."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16), default=Kind.RELEASE.value)
+    state: Mapped[str] = mapped_column(String(32), index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    svn_paths: Mapped[list] = mapped_column(JSON, default=list)
+    svn_revision: Mapped[int | None]  # requested revision; None = HEAD
+    staging_revision: Mapped[int | None]  # svn revision staging was updated to
+    staging_commit: Mapped[str | None] = mapped_column(String(40))  # snapshot of the last staging update
+    tested_commit: Mapped[str | None] = mapped_column(String(40))  # snapshot live when test passed
+    version: Mapped[int | None]  # version released (release) or targeted (rollback)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    author_id: Mapped[int] = mapped_column(ForeignKey("user.id"))
+    approved_by_id: Mapped[int | None] = mapped_column(ForeignKey("user.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    project: Mapped[Project] = relationship()
+    author: Mapped[User] = relationship(foreign_keys=[author_id])
+    approved_by: Mapped[User | None] = relationship(foreign_keys=[approved_by_id])
+    history: Mapped[list[TicketEvent]] = relationship(order_by="TicketEvent.id", back_populates="ticket")
+    runs: Mapped[list[Run]] = relationship(order_by="Run.id", back_populates="ticket")
+
+    @property
+    def state_enum(self) -> State:
+        """Return the state as the workflow's enum."""
+        return State(self.state)
+
+
+class TicketEvent(db.Model):
+    """One line of a ticket's history: who did what, when, from which state to which."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("ticket.id"), index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    from_state: Mapped[str | None] = mapped_column(String(32))
+    to_state: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("user.id"))  # None: the system
+    comment: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    ticket: Mapped[Ticket] = relationship(back_populates="history")
+    user: Mapped[User | None] = relationship()
+
+
+class Release(db.Model):
+    """A version of a project: a git tag on a tested staging commit, shipped to its hosts."""
+
+    __table_args__ = (UniqueConstraint("project_id", "version"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id"), index=True)
+    version: Mapped[int]
+    commit: Mapped[str] = mapped_column(String(40))
+    svn_revision: Mapped[int | None]
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("ticket.id"))
+    released_by_id: Mapped[int | None] = mapped_column(ForeignKey("user.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    bad: Mapped[bool] = mapped_column(default=False)  # abandoned by a rollback
+
+    ticket: Mapped[Ticket] = relationship()
+    released_by: Mapped[User | None] = relationship()
+
+
+class Run(db.Model):
+    """One execution of a pipeline stage (staging update or release) for a ticket."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("ticket.id"), index=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id"), index=True)
+    stage: Mapped[str] = mapped_column(String(16))  # staging | release
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    started_by_id: Mapped[int | None] = mapped_column(ForeignKey("user.id"))
+    rq_job_id: Mapped[str] = mapped_column(String(64), default="")
+    waiting_for: Mapped[str] = mapped_column(String(255), default="")
+    only_hosts: Mapped[list] = mapped_column(JSON, default=list)  # retry: failed hosts only
+    version: Mapped[int | None]
+    commit: Mapped[str | None] = mapped_column(String(40))
+    rc: Mapped[int | None]
+    error: Mapped[str] = mapped_column(Text, default="")
+    run_dir: Mapped[str] = mapped_column(String(1024), default="")
+    log: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+
+    ticket: Mapped[Ticket] = relationship(back_populates="runs")
+    project: Mapped[Project] = relationship()
+    started_by: Mapped[User | None] = relationship()
+    hosts: Mapped[list[HostResult]] = relationship(order_by="HostResult.host", back_populates="run")
+
+
+class HostResult(db.Model):
+    """The outcome of one run on one production host."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("run.id"), index=True)
+    host: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))  # ok | changed | failed | unreachable | skipped
+    message: Mapped[str] = mapped_column(Text, default="")
+    changed_files: Mapped[int] = mapped_column(default=0)
+
+    run: Mapped[Run] = relationship(back_populates="hosts")

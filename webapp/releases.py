@@ -1,0 +1,127 @@
+"""Release history, rollback tickets, and what a release would ship ("ship exactly what was tested")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import current_app
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from jobs import snapshots
+
+from . import tickets, validation, workflow
+from .errors import BadInput, Conflict, Forbidden, NotFound
+from .models import Project, Release, Ticket, TicketEvent, User
+from .workflow import Kind, State
+
+
+def snapshot_git_dir(project: Project) -> Path:
+    """Return the project's staging snapshot repository."""
+    return Path(current_app.config["FERRY_DATA_DIR"]) / "projects" / project.name / "staging.git"
+
+
+def get_release(session: Session, project: Project, version: int | None) -> Release | None:
+    """Return one version of a project, or None."""
+    if version is None:
+        return None
+    return session.scalar(select(Release).where(Release.project_id == project.id, Release.version == version))
+
+
+def live_release(session: Session, project: Project) -> Release | None:
+    """Return the version production runs now."""
+    return get_release(session, project, project.live_version)
+
+
+def next_version(session: Session, project: Project) -> int:
+    """Return the next integer version: above every release and every version a release ticket reserved."""
+    released = session.scalar(select(func.max(Release.version)).where(Release.project_id == project.id)) or 0
+    reserved = session.scalar(
+        select(func.max(Ticket.version)).where(Ticket.project_id == project.id, Ticket.kind == Kind.RELEASE.value)
+    )
+    return max(released, reserved or 0) + 1
+
+
+def history(session: Session, project: Project) -> list[Release]:
+    """Return a project's versions, newest first."""
+    return list(
+        session.scalars(select(Release).where(Release.project_id == project.id).order_by(Release.version.desc()))
+    )
+
+
+def protected_versions(session: Session, project: Project) -> list[int]:
+    """Return versions that pruning must keep: targets of rollbacks not yet done."""
+    open_states = [s.value for s in State if s not in workflow.TERMINAL]
+    rows = session.scalars(
+        select(Ticket.version).where(
+            Ticket.project_id == project.id, Ticket.kind == Kind.ROLLBACK.value, Ticket.state.in_(open_states)
+        )
+    )
+    return sorted(v for v in rows if v is not None)
+
+
+def create_rollback(session: Session, project_name: object, user: User, version: object, reason: object) -> Ticket:
+    """File a rollback ticket to an earlier version; it starts waiting for approval."""
+    if not isinstance(project_name, str) or not project_name:
+        raise BadInput("project: required", "project")
+    project = session.scalar(select(Project).where(Project.name == project_name))
+    if project is None or not tickets.can_see(user, project):
+        raise NotFound(f"project {project_name!r} not found", "project")
+    if not user.is_admin and user.role_in(project) is None:
+        raise Forbidden("you are not a member of this project")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise BadInput("version: must be an integer", "version")
+    target = get_release(session, project, version)
+    if target is None:
+        raise NotFound(f"version {version} of {project.name} not found", "version")
+    if version == project.live_version:
+        raise Conflict(f"version {version} is already live")
+    ticket = Ticket(
+        project=project,
+        kind=Kind.ROLLBACK.value,
+        state=State.PENDING_APPROVAL.value,
+        reason=validation.reason(reason),
+        svn_paths=[],
+        version=version,
+        tested_commit=target.commit,
+        staging_revision=target.svn_revision,
+        author=user,
+    )
+    session.add(ticket)
+    session.flush()
+    session.add(
+        TicketEvent(
+            ticket_id=ticket.id,
+            action="request-rollback",
+            to_state=ticket.state,
+            user_id=user.id,
+            comment=f"roll back to version {version}",
+        )
+    )
+    return ticket
+
+
+def preview(session: Session, ticket: Ticket) -> dict:
+    """Describe what releasing `ticket` would change: files, and other tickets whose updates ride along."""
+    project = ticket.project
+    target = ticket.tested_commit or ticket.staging_commit
+    if not target:
+        return {"base_version": project.live_version, "files": [], "included_tickets": []}
+    live = live_release(session, project)
+    git_dir = snapshot_git_dir(project)
+    base = live.commit if live else None
+    files = snapshots.changed_files(git_dir, base, target)
+    included = []
+    if ticket.kind == Kind.RELEASE.value:
+        commits = set(snapshots.commits_between(git_dir, base, target))
+        others = session.scalars(
+            select(Ticket).where(
+                Ticket.project_id == project.id, Ticket.id != ticket.id, Ticket.staging_commit.is_not(None)
+            )
+        )
+        # A ticket rides along when any of its staging snapshots is in the range; the history records them.
+        for other in others:
+            snaps = {other.staging_commit} | {r.commit for r in other.runs if r.stage == "staging" and r.commit}
+            if snaps & commits:
+                included.append({"id": other.id, "state": other.state, "reason": other.reason})
+    return {"base_version": project.live_version, "files": files, "included_tickets": included}

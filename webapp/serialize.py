@@ -1,0 +1,142 @@
+"""JSON shapes of tickets, projects and runs (the API's contract)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from .models import Project, Release, Run, Ticket, User
+from .tickets import allowed_actions
+
+CHANGE_STATES = ("testing", "pending_approval", "approved", "release_failed")
+
+
+def _iso(at: datetime | None) -> str | None:
+    """Return an ISO 8601 UTC timestamp."""
+    return at.isoformat() + "Z" if at else None
+
+
+def project_json(project: Project) -> dict:
+    """Return a project's public settings."""
+    return {
+        "name": project.name,
+        "svn_url": project.svn_url,
+        "staging_url": project.staging_url,
+        "inventory": project.inventory,
+        "group": project.group,
+        "requires_approval": project.requires_approval,
+        "allow_self_approval": project.allow_self_approval,
+        "deploy_mode": project.deploy_mode,
+        "live_version": project.live_version,
+    }
+
+
+def run_json(run: Run | None) -> dict | None:
+    """Return a run's status and per-host results."""
+    if run is None:
+        return None
+    return {
+        "id": run.id,
+        "stage": run.stage,
+        "status": run.status,
+        "waiting_for": run.waiting_for,
+        "version": run.version,
+        "rc": run.rc,
+        "error": run.error,
+        "started_at": _iso(run.started_at),
+        "finished_at": _iso(run.finished_at),
+        "hosts": [{"host": h.host, "status": h.status, "message": h.message} for h in run.hosts],
+    }
+
+
+def last_run(ticket: Ticket, stage: str | None = None) -> Run | None:
+    """Return the ticket's newest run (of one stage, if given)."""
+    runs = [r for r in ticket.runs if stage is None or r.stage == stage]
+    return runs[-1] if runs else None
+
+
+def ticket_json(ticket: Ticket, user: User, brief: bool = False) -> dict:
+    """Return a ticket as the API shows it to `user`."""
+    release_run = last_run(ticket, "release")
+    data = {
+        "id": ticket.id,
+        "project": ticket.project.name,
+        "kind": ticket.kind,
+        "state": ticket.state,
+        "reason": ticket.reason,
+        "svn_paths": ticket.svn_paths,
+        "svn_revision": ticket.svn_revision,
+        "staging_revision": ticket.staging_revision,
+        "staging_commit": ticket.staging_commit,
+        "tested_commit": ticket.tested_commit,
+        "version": ticket.version,
+        "author": ticket.author.username,
+        "approved_by": ticket.approved_by.username if ticket.approved_by else None,
+        "staging_url": ticket.project.staging_url,
+        "last_error": ticket.last_error,
+        "allowed_actions": allowed_actions(ticket, user),
+        "created_at": _iso(ticket.created_at),
+        "updated_at": _iso(ticket.updated_at),
+        "hosts": run_json(release_run)["hosts"] if release_run else [],
+    }
+    if brief:
+        return data
+    if ticket.state in CHANGE_STATES:
+        from .extensions import db
+        from .releases import preview
+
+        data["changes"] = preview(db.session, ticket)
+    data["last_run"] = run_json(last_run(ticket))
+    data["history"] = [
+        {
+            "action": e.action,
+            "from": e.from_state,
+            "to": e.to_state,
+            "user": e.user.username if e.user else "system",
+            "at": _iso(e.at),
+            "comment": e.comment,
+        }
+        for e in ticket.history
+    ]
+    return data
+
+
+def release_json(release: Release, project: Project) -> dict:
+    """Return one version of a project as the release history shows it."""
+    live = release.version == project.live_version
+    run_hosts: list[str] = []
+    if live:
+        runs = [r for r in release.ticket.runs if r.stage == "release" and r.status == "successful"]
+        runs += [r for r in _rollback_runs(release) if r.status == "successful"]
+        if runs:
+            run_hosts = [h.host for h in max(runs, key=lambda r: r.id).hosts]
+    return {
+        "version": release.version,
+        "ticket": release.ticket_id,
+        "svn_revision": release.svn_revision,
+        "commit": release.commit,
+        "released_by": release.released_by.username if release.released_by else None,
+        "released_at": _iso(release.created_at),
+        "live": live,
+        "bad": release.bad,
+        "hosts": run_hosts,
+    }
+
+
+def _rollback_runs(release: Release) -> list[Run]:
+    """Return release runs of rollback tickets that targeted this version."""
+    from sqlalchemy import select
+
+    from .extensions import db
+
+    return list(
+        db.session.scalars(
+            select(Run)
+            .join(Ticket)
+            .where(
+                Ticket.project_id == release.project_id,
+                Ticket.kind == "rollback",
+                Ticket.version == release.version,
+                Run.stage == "release",
+            )
+        )
+    )

@@ -1,0 +1,190 @@
+"""Ticket services: filing, user actions and system events, all through the one state machine.
+
+Services take the session, never commit, and raise domain errors. State changes are
+compare-and-set (`UPDATE ... WHERE state = :expected`) with one history row in the same transaction.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from . import validation, workflow
+from .errors import BadInput, Conflict, NotFound, from_status
+from .models import Project, Run, Ticket, TicketEvent, User, utcnow
+from .workflow import Kind, State
+
+
+def facts(ticket: Ticket) -> workflow.TicketFacts:
+    """Return what the state machine needs to know about `ticket`."""
+    return workflow.TicketFacts(
+        state=State(ticket.state),
+        kind=Kind(ticket.kind),
+        author_id=ticket.author_id,
+        requires_approval=ticket.project.requires_approval,
+        allow_self_approval=ticket.project.allow_self_approval,
+    )
+
+
+def actor(user: User, project: Project) -> workflow.Actor:
+    """Return what the state machine needs to know about `user` in `project`."""
+    return workflow.Actor(user_id=user.id, role=user.role_in(project), is_admin=user.is_admin)
+
+
+def allowed_actions(ticket: Ticket, user: User) -> list[str]:
+    """Return the actions `user` may fire on `ticket` now."""
+    return workflow.allowed_actions(facts(ticket), actor(user, ticket.project))
+
+
+def can_see(user: User, project: Project) -> bool:
+    """Tell whether `user` may see `project` and its tickets."""
+    return user.is_admin or user.role_in(project) is not None
+
+
+def get_ticket(session: Session, ticket_id: int, user: User) -> Ticket:
+    """Return a ticket visible to `user` or raise NotFound."""
+    ticket = session.get(Ticket, ticket_id)
+    if ticket is None or not can_see(user, ticket.project):
+        raise NotFound(f"ticket {ticket_id} not found")
+    return ticket
+
+
+def set_state(
+    session: Session,
+    ticket: Ticket,
+    expected: State,
+    new: State,
+    action: str,
+    user: User | None,
+    comment: str = "",
+    **fields: object,
+) -> None:
+    """Move `ticket` from `expected` to `new` atomically, with a history row, or raise Conflict."""
+    now = utcnow()
+    result = session.execute(
+        update(Ticket)
+        .where(Ticket.id == ticket.id, Ticket.state == expected.value)
+        .values(state=new.value, updated_at=now, **fields)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        raise Conflict(f"ticket {ticket.id} changed meanwhile; reload and try again")
+    session.add(
+        TicketEvent(
+            ticket_id=ticket.id,
+            action=action,
+            from_state=expected.value,
+            to_state=new.value,
+            user_id=user.id if user else None,
+            comment=comment,
+            at=now,
+        )
+    )
+    session.flush()
+    session.refresh(ticket)
+
+
+def _queue_run(session: Session, ticket: Ticket, stage: str, user: User | None, **fields: object) -> Run:
+    """Record a run waiting for a worker; the caller enqueues it after commit."""
+    run = Run(ticket_id=ticket.id, project_id=ticket.project_id, stage=stage, started_by=user, **fields)
+    session.add(run)
+    session.flush()
+    return run
+
+
+def create_ticket(
+    session: Session, project_name: object, user: User, reason: object, paths: object, revision: object
+) -> tuple[Ticket, Run]:
+    """File a release ticket and queue its first staging update."""
+    if not isinstance(project_name, str) or not project_name:
+        raise BadInput("project: required", "project")
+    project = session.scalar(select(Project).where(Project.name == project_name))
+    if project is None or not can_see(user, project):
+        raise NotFound(f"project {project_name!r} not found", "project")
+    if not user.is_admin and user.role_in(project) is None:
+        raise from_status("you are not a member of this project", 403)
+    ticket = Ticket(
+        project=project,
+        kind=Kind.RELEASE.value,
+        state=State.PENDING_STAGING.value,
+        reason=validation.reason(reason),
+        svn_paths=validation.svn_paths(paths),
+        svn_revision=validation.svn_revision(revision),
+        author=user,
+    )
+    session.add(ticket)
+    session.flush()
+    session.add(TicketEvent(ticket_id=ticket.id, action="file", to_state=ticket.state, user_id=user.id))
+    run = _queue_run(session, ticket, "staging", user)
+    return ticket, run
+
+
+def act(session: Session, ticket: Ticket, user: User, action: str, data: dict | None = None) -> Run | None:
+    """Fire a user action on `ticket`; return the run to enqueue after commit, if any."""
+    data = data or {}
+    f = facts(ticket)
+    a = actor(user, ticket.project)
+    try:
+        new = workflow.transition(f, a, action)
+    except workflow.TransitionError as e:
+        raise from_status(str(e), e.status) from e
+    comment = validation.comment(data.get("comment"))
+    fields: dict[str, object] = {}
+    if action == workflow.REJECT:
+        comment = validation.reason(data.get("reason") or data.get("comment"), "reason")
+    if action == workflow.RESUBMIT and Kind(ticket.kind) is Kind.RELEASE:
+        if "svn_paths" in data:
+            fields["svn_paths"] = validation.svn_paths(data["svn_paths"])
+        if "svn_revision" in data:
+            fields["svn_revision"] = validation.svn_revision(data["svn_revision"])
+        if data.get("reason"):
+            fields["reason"] = validation.reason(data["reason"])
+        fields["last_error"] = ""
+    if action == workflow.TEST_PASSED:
+        if not ticket.staging_commit:
+            raise Conflict("staging has no snapshot for this ticket yet")
+        fields["tested_commit"] = ticket.staging_commit  # what the testers saw is what ships
+        if new is State.APPROVED:
+            comment = comment or "project needs no approval"
+    if action == workflow.APPROVE:
+        fields["approved_by_id"] = user.id
+        if workflow.is_self_approval_override(f, a, action):
+            comment = ("admin override: self-approval. " + comment).strip()
+    if action in (workflow.RELEASE, workflow.RETRY):
+        fields["last_error"] = ""
+    set_state(session, ticket, f.state, new, action, user, comment, **fields)
+    if new is State.PENDING_STAGING:
+        return _queue_run(session, ticket, "staging", user)
+    if new is State.RELEASING:
+        only = failed_hosts(ticket) if action == workflow.RETRY else []
+        return _queue_run(session, ticket, "release", user, only_hosts=only)
+    return None
+
+
+def failed_hosts(ticket: Ticket) -> list[str]:
+    """Return the hosts that did not succeed in the ticket's last release run."""
+    runs = [r for r in ticket.runs if r.stage == "release"]
+    if not runs:
+        return []
+    return [h.host for h in runs[-1].hosts if h.status in ("failed", "unreachable")]
+
+
+def fire(session: Session, ticket_id: int, event: str, comment: str = "", **fields: object) -> Ticket:
+    """Fire a system event on a ticket (jobs, reconciler) through the state machine."""
+    ticket = session.get(Ticket, ticket_id)
+    if ticket is None:
+        raise NotFound(f"ticket {ticket_id} not found")
+    session.refresh(ticket)
+    current = State(ticket.state)
+    try:
+        new = workflow.system_transition(event, current)
+    except workflow.TransitionError as e:
+        raise Conflict(str(e)) from e
+    set_state(session, ticket, current, new, event, None, comment, **fields)
+    return ticket
+
+
+def check_expected_state(ticket: Ticket, expected: object) -> None:
+    """Refuse a stale form: the state the user saw must still be the ticket's state."""
+    if expected and expected != ticket.state:
+        raise Conflict(f"ticket {ticket.id} is now {ticket.state}, not {expected}; reload the page")

@@ -1,0 +1,51 @@
+"""Blueprints and error handling for pages and the JSON API."""
+
+from __future__ import annotations
+
+from flask import Flask, flash, jsonify, redirect, render_template, request
+
+from ..errors import DomainError
+from ..extensions import csrf, db
+from . import admin, api, pages
+
+
+def _handle_domain_error(e: DomainError):
+    """Render a domain error: JSON for the API, a flash and a redirect back for pages."""
+    db.session.rollback()
+    if request.path.startswith("/api/"):
+        return api.error_response(e.message, e.status)
+    flash(e.message, "danger")
+    if request.method == "POST" and request.referrer:
+        return redirect(request.referrer, code=303)
+    return render_template("error.html", message=e.message), e.status
+
+
+def _handle_500(e: Exception):
+    """Roll the session back so a failed request leaves nothing half-written."""
+    db.session.rollback()
+    if request.path.startswith("/api/"):
+        return jsonify(error="internal error"), 500
+    return render_template("error.html", message="Internal error"), 500
+
+
+def _security_headers(response):
+    """Add the security headers every response carries."""
+    response.headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'",
+    )
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    return response
+
+
+def init_app(app: Flask) -> None:
+    """Register blueprints, error handlers and response headers."""
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(admin.bp)
+    app.register_blueprint(api.bp)
+    csrf.exempt(api.bp)  # the API authenticates with bearer tokens, never cookies
+    app.register_error_handler(DomainError, _handle_domain_error)
+    app.register_error_handler(500, _handle_500)
+    app.after_request(_security_headers)

@@ -1,0 +1,108 @@
+"""Admin pages: users, projects and memberships."""
+
+from __future__ import annotations
+
+from functools import wraps
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_login import current_user, login_required
+from sqlalchemy import select
+
+from .. import projects as svc
+from ..errors import BadInput
+from ..extensions import db
+from ..models import Project, User
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+
+def admin_required(view):
+    """Decorate a view so that only admins reach it (403 for others)."""
+
+    @wraps(view)
+    @login_required
+    def wrapped(*args, **kwargs):
+        if not current_user.is_admin:
+            abort(403)
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def _int(form, field: str, default: int) -> int:
+    """Read a whole number from a form field."""
+    raw = form.get(field, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise BadInput(f"{field}: a whole number", field)
+    return int(raw)
+
+
+def project_settings(form) -> dict:
+    """Read project settings from the admin form."""
+    return {
+        "svn_url": form.get("svn_url", "").strip(),
+        "staging_dir": form.get("staging_dir", "").strip(),
+        "staging_url": form.get("staging_url", "").strip(),
+        "inventory": form.get("inventory", "").strip(),
+        "group": form.get("group", "").strip(),
+        "requires_approval": form.get("requires_approval") == "on",
+        "allow_self_approval": form.get("allow_self_approval") == "on",
+        "deploy_mode": form.get("deploy_mode", "atomic"),
+        "keep_releases": _int(form, "keep_releases", 5),
+        "forks": _int(form, "forks", 10),
+        "stage_timeout": _int(form, "stage_timeout", 1800),
+        "shared_paths": form.get("shared_paths", ""),
+        "hook_tasks": form.get("hook_tasks", "").strip(),
+    }
+
+
+@bp.route("/users", methods=["GET", "POST"])
+@admin_required
+def users():
+    """List users and create new ones."""
+    if request.method == "POST":
+        svc.create_user(
+            db.session,
+            request.form.get("username", ""),
+            request.form.get("password", ""),
+            request.form.get("is_admin") == "on",
+        )
+        db.session.commit()
+        flash("User created.", "success")
+        return redirect(url_for("admin.users"), code=303)
+    return render_template("admin_users.html", users=db.session.scalars(select(User).order_by(User.username)).all())
+
+
+@bp.route("/projects", methods=["GET", "POST"])
+@admin_required
+def projects():
+    """List projects and create new ones."""
+    if request.method == "POST":
+        project = svc.create_project(db.session, request.form.get("name", ""), **project_settings(request.form))
+        db.session.commit()
+        flash(f"Project {project.name} created.", "success")
+        return redirect(url_for("admin.project_edit", name=project.name), code=303)
+    rows = db.session.scalars(select(Project).order_by(Project.name)).all()
+    return render_template("admin_projects.html", projects=rows)
+
+
+@bp.route("/projects/<name>", methods=["GET", "POST"])
+@admin_required
+def project_edit(name: str):
+    """Edit a project's settings and memberships."""
+    project = svc.get_project(db.session, name)
+    if request.method == "POST":
+        if request.form.get("op") == "member":
+            user = svc.get_user(db.session, request.form.get("username", ""))
+            role = request.form.get("role") or None
+            svc.set_member(db.session, project, user, None if role == "none" else role)
+            flash(f"Membership of {user.username} updated.", "success")
+        else:
+            svc.update_project(db.session, project, **project_settings(request.form))
+            flash("Settings saved.", "success")
+        db.session.commit()
+        return redirect(url_for("admin.project_edit", name=name), code=303)
+    users = db.session.scalars(select(User).order_by(User.username)).all()
+    return render_template("admin_project.html", project=project, users=users)

@@ -1,0 +1,160 @@
+"""Server-rendered pages for developers and leads."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_login import current_user, login_required
+from sqlalchemy import select
+
+from .. import releases, tickets, workflow
+from ..dispatch import dispatch
+from ..extensions import db
+from ..models import Project, Ticket
+from ..serialize import CHANGE_STATES, last_run
+from ..workflow import State
+
+bp = Blueprint("pages", __name__)
+
+ACTION_LABELS = {
+    workflow.RETURN: ("Return for changes", "warning"),
+    workflow.RESUBMIT: ("Resubmit", "primary"),
+    workflow.TEST_PASSED: ("Test passed", "success"),
+    workflow.APPROVE: ("Approve", "success"),
+    workflow.REJECT: ("Reject", "danger"),
+    workflow.RELEASE: ("Release", "primary"),
+    workflow.RETRY: ("Retry failed hosts", "primary"),
+    workflow.CANCEL: ("Cancel ticket", "outline-secondary"),
+}
+
+
+def visible_projects() -> list[Project]:
+    """Return the projects the current user may see."""
+    projects = db.session.scalars(select(Project).order_by(Project.name)).all()
+    return [p for p in projects if tickets.can_see(current_user, p)]
+
+
+@bp.get("/")
+@login_required
+def index():
+    """Send users to the ticket list."""
+    return redirect(url_for("pages.ticket_list"))
+
+
+@bp.get("/tickets")
+@login_required
+def ticket_list():
+    """List tickets, filtered by project and state; `waiting=me` shows a lead's approvals."""
+    projects = visible_projects()
+    query = select(Ticket).where(Ticket.project_id.in_([p.id for p in projects])).order_by(Ticket.id.desc())
+    project = request.args.get("project", "")
+    state = request.args.get("state", "")
+    waiting = request.args.get("waiting") == "me"
+    if project:
+        query = query.join(Project).where(Project.name == project)
+    if waiting:
+        query = query.where(Ticket.state == State.PENDING_APPROVAL.value)
+    elif state:
+        query = query.where(Ticket.state == state)
+    rows = db.session.scalars(query.limit(300)).all()
+    if waiting:
+        rows = [t for t in rows if workflow.APPROVE in tickets.allowed_actions(t, current_user)]
+    return render_template(
+        "tickets.html",
+        tickets=rows,
+        projects=projects,
+        states=list(State),
+        project=project,
+        state=state,
+        waiting=waiting,
+    )
+
+
+@bp.route("/tickets/new", methods=["GET", "POST"])
+@login_required
+def new_ticket():
+    """Show and handle the form that files a release ticket."""
+    projects = [p for p in visible_projects() if current_user.is_admin or current_user.role_in(p)]
+    if request.method == "POST":
+        form = request.form
+        ticket, run = tickets.create_ticket(
+            db.session,
+            form.get("project"),
+            current_user,
+            form.get("reason"),
+            form.get("svn_paths", ""),
+            form.get("svn_revision"),
+        )
+        db.session.commit()
+        dispatch(run)
+        flash(f"Ticket #{ticket.id} filed; staging update queued.", "success")
+        return redirect(url_for("pages.ticket_detail", ticket_id=ticket.id), code=303)
+    return render_template("ticket_new.html", projects=projects, selected=request.args.get("project", ""))
+
+
+@bp.get("/tickets/<int:ticket_id>")
+@login_required
+def ticket_detail(ticket_id: int):
+    """Show a ticket: state, buttons allowed now, staging URL, hosts, log and history."""
+    ticket = tickets.get_ticket(db.session, ticket_id, current_user)
+    actions = tickets.allowed_actions(ticket, current_user)
+    return render_template(
+        "ticket.html",
+        ticket=ticket,
+        actions=actions,
+        labels=ACTION_LABELS,
+        run=last_run(ticket),
+        release_run=last_run(ticket, "release"),
+        editable=State(ticket.state) in workflow.EDITABLE,
+        changes=releases.preview(db.session, ticket) if ticket.state in CHANGE_STATES else None,
+    )
+
+
+@bp.post("/tickets/<int:ticket_id>/<action>")
+@login_required
+def ticket_action(ticket_id: int, action: str):
+    """Fire one action from a ticket page form."""
+    if action not in workflow.USER_ACTIONS:
+        abort(404)
+    ticket = tickets.get_ticket(db.session, ticket_id, current_user)
+    tickets.check_expected_state(ticket, request.form.get("expected_state"))
+    data = {k: v for k, v in request.form.items() if k in ("comment", "reason", "svn_paths", "svn_revision")}
+    run = tickets.act(db.session, ticket, current_user, action, data)
+    db.session.commit()
+    dispatch(run)
+    flash(f"{ACTION_LABELS[action][0]}: ticket #{ticket.id} is now {ticket.state}.", "success")
+    return redirect(url_for("pages.ticket_detail", ticket_id=ticket.id), code=303)
+
+
+@bp.get("/projects")
+@login_required
+def project_list():
+    """List the projects the user can see."""
+    return render_template("projects.html", projects=visible_projects())
+
+
+@bp.get("/projects/<name>")
+@login_required
+def project_detail(name: str):
+    """Show a project's settings and release history."""
+    project = db.session.scalar(select(Project).where(Project.name == name))
+    if project is None or not tickets.can_see(current_user, project):
+        abort(404)
+    return render_template(
+        "project.html",
+        project=project,
+        releases=releases.history(db.session, project),
+        can_rollback=current_user.is_admin or current_user.role_in(project) is not None,
+    )
+
+
+@bp.post("/projects/<name>/rollback")
+@login_required
+def request_rollback(name: str):
+    """File a rollback ticket from the release history."""
+    version = request.form.get("version", "")
+    ticket = releases.create_rollback(
+        db.session, name, current_user, int(version) if version.isdigit() else version, request.form.get("reason")
+    )
+    db.session.commit()
+    flash(f"Rollback ticket #{ticket.id} to version {ticket.version} filed; a lead must approve it.", "success")
+    return redirect(url_for("pages.ticket_detail", ticket_id=ticket.id), code=303)
