@@ -24,9 +24,7 @@ PLAYBOOKS_DIR = Path(__file__).resolve().parent.parent / "playbooks"
 VENV_BIN = Path(sys.executable).parent
 ANSIBLE_RUNNER = VENV_BIN / "ansible-runner"
 
-SECRET_NAME = re.compile(
-    r"SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|API_KEY|PRIVATE_KEY", re.IGNORECASE
-)
+SECRET_NAME = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|API_KEY|PRIVATE_KEY", re.IGNORECASE)
 SECRET_EXACT = {"DATABASE_URL", "REDIS_URL"}
 MAX_MSG = 2048
 GRACE_SECONDS = 5.0
@@ -102,16 +100,14 @@ def prepare_run_dir(
     extravars: dict,
     envvars: dict,
 ) -> None:
-    """Lay out an ansible-runner private data dir that ops can replay with `ansible-runner run <run_dir> -p <playbook>`."""
+    """Lay out an ansible-runner private data dir that ops can replay with `ansible-runner run <dir> -p <pb>`."""
     if not (PLAYBOOKS_DIR / playbook).is_file():
         raise RunnerSetupError(f"playbook not found: {PLAYBOOKS_DIR / playbook}")
     if inventory_file is not None and not Path(inventory_file).is_file():
         raise RunnerSetupError(f"inventory file not found: {inventory_file}")
     bad = [k for k in envvars if not k.startswith("ANSIBLE_") or is_secret_name(k)]
     if bad:
-        raise RunnerSetupError(
-            f"envvars may only hold non-secret ANSIBLE_* settings, got {sorted(bad)}"
-        )
+        raise RunnerSetupError(f"envvars may only hold non-secret ANSIBLE_* settings, got {sorted(bad)}")
     run_dir = Path(run_dir)
     project = run_dir / "project"
     if project.exists():
@@ -127,14 +123,10 @@ def prepare_run_dir(
     if inventory_file is not None:
         shutil.copyfile(inventory_file, hosts)
     else:
-        hosts.write_text(
-            f"localhost ansible_connection=local ansible_python_interpreter={sys.executable}\n"
-        )
+        hosts.write_text(f"localhost ansible_connection=local ansible_python_interpreter={sys.executable}\n")
     env_dir = run_dir / "env"
     env_dir.mkdir(parents=True, exist_ok=True)
-    (env_dir / "extravars").write_text(
-        json.dumps(extravars, indent=2, sort_keys=True, default=str)
-    )
+    (env_dir / "extravars").write_text(json.dumps(extravars, indent=2, sort_keys=True, default=str))
     merged = {
         **_ansible_dirs(run_dir, envvars),
         **{k: str(v) for k, v in envvars.items()},
@@ -233,9 +225,7 @@ class _Tracker:
         elif kind == "runner_on_ok" and res.get("changed"):
             status = "changed"
         host = data["host"]
-        hr = self.hosts.get(host) or self.hosts.setdefault(
-            host, HostResult(host, "skipped", "")
-        )
+        hr = self.hosts.get(host) or self.hosts.setdefault(host, HostResult(host, "skipped", ""))
         msg = res.get("msg") or res.get("stderr") or ""
         if not isinstance(msg, str):
             msg = json.dumps(msg, default=str)
@@ -253,9 +243,7 @@ class _Tracker:
 class _Canceller:
     """cancel_callback: SIGTERM ansible-playbook on cancel/timeout, SIGKILL its tree after a grace period."""
 
-    def __init__(
-        self, tracker: _Tracker, should_cancel: Callable[[], bool] | None, timeout: int
-    ) -> None:
+    def __init__(self, tracker: _Tracker, should_cancel: Callable[[], bool] | None, timeout: int) -> None:
         """Remember what to check."""
         self.tracker = tracker
         self.should_cancel = should_cancel
@@ -343,9 +331,7 @@ def run_playbook(
     """Run one playbook from a prepared run dir and return its outcome."""
     run_dir = Path(run_dir).absolute()
     if not (run_dir / "project" / playbook).is_file():
-        raise RunnerSetupError(
-            f"playbook not found in run dir: {run_dir / 'project' / playbook}"
-        )
+        raise RunnerSetupError(f"playbook not found in run dir: {run_dir / 'project' / playbook}")
     if not (run_dir / "inventory" / "hosts").is_file():
         raise RunnerSetupError(f"no inventory in run dir: {run_dir / 'inventory'}")
     try:
@@ -411,10 +397,7 @@ def _result(
             status = "failed"
             error = f"playbook_on_stats did not cover expected host(s): {', '.join(missing)}"
     if status == "failed" and not error:
-        error = (
-            _stdout_tail(Path(runner.config.artifact_dir))
-            or f"ansible-playbook exited with rc {runner.rc}"
-        )
+        error = _stdout_tail(Path(runner.config.artifact_dir)) or f"ansible-playbook exited with rc {runner.rc}"
     return RunResult(
         status=status,
         rc=runner.rc,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from flask import g
 from redis import Redis
 from rq import Queue, SimpleWorker
 
@@ -40,6 +41,14 @@ def app(tmp_path):
         }
     )
     (tmp_path / "inventory").mkdir()
+
+    @app.before_request
+    def _like_a_fresh_request():
+        # Tests keep one app context open, which Flask reuses for requests: drop what a real request
+        # would not inherit (the logged-in user cached in g, rows cached in the session).
+        g.pop("_login_user", None)
+        db.session.expire_all()
+
     redis = Redis.from_url(TEST_REDIS_URL)
     redis.flushdb()
     with app.app_context():

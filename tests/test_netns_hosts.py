@@ -49,11 +49,7 @@ def leftovers(prefix: str) -> list[str]:
     ps = subprocess.check_output(["ps", "-ww", "-eo", "pid=,stat=,args="], text=True)
     # Zombies (stat Z) are dead; PID 1 on this machine reaps them late (TESTHOSTS pitfall 6).
     in_dir = re.compile(rf"/{prefix}\d+/")
-    found += [
-        f"process {line}"
-        for line in ps.splitlines()
-        if in_dir.search(line) and line.split()[1][0] != "Z"
-    ]
+    found += [f"process {line}" for line in ps.splitlines() if in_dir.search(line) and line.split()[1][0] != "Z"]
     return found
 
 
@@ -67,35 +63,30 @@ def alive(pid: int) -> bool:
 
 def netns_pids(namespace: str) -> list[int]:
     """Return the PIDs inside ``namespace``."""
-    return [
-        int(p)
-        for p in subprocess.check_output(
-            ["ip", "netns", "pids", namespace], text=True
-        ).split()
-    ]
+    return [int(p) for p in subprocess.check_output(["ip", "netns", "pids", namespace], text=True).split()]
 
 
 def test_inventory_ini_lists_hosts_with_strict_ssh_settings(tmp_path: Path) -> None:
     """The INI inventory has one line per host and pins key, known_hosts and strict checking."""
     hosts = HostSet(
-        prefix="ferryx", workdir=tmp_path, subnet="10.250.9.0/24", bridge="ferryxbr",
-        key=tmp_path / "id_ed25519", known_hosts=tmp_path / "known_hosts",
-        hosts=[NetnsHost("ferryx1", "10.250.9.11", "ferryx1", "ferryx1v", tmp_path / "ferryx1", tmp_path / "ferryx1/www")],
-    )  # fmt: skip
-    ini = hosts.inventory_ini("web", {"release_tag": "7", "keep": 5})
-    assert (
-        f"[web]\nferryx1 ansible_host=10.250.9.11 deploy_root={tmp_path}/ferryx1/www\n"
-        in ini
+        prefix="ferryx",
+        workdir=tmp_path,
+        subnet="10.250.9.0/24",
+        bridge="ferryxbr",
+        key=tmp_path / "id_ed25519",
+        known_hosts=tmp_path / "known_hosts",
+        hosts=[
+            NetnsHost("ferryx1", "10.250.9.11", "ferryx1", "ferryx1v", tmp_path / "ferryx1", tmp_path / "ferryx1/www")
+        ],
     )
+    ini = hosts.inventory_ini("web", {"release_tag": "7", "keep": 5})
+    assert f"[web]\nferryx1 ansible_host=10.250.9.11 deploy_root={tmp_path}/ferryx1/www\n" in ini
     assert f"ansible_ssh_private_key_file={tmp_path}/id_ed25519\n" in ini
     assert (
         f"ansible_ssh_common_args='-o UserKnownHostsFile={tmp_path}/known_hosts "
         "-o StrictHostKeyChecking=yes -o BatchMode=yes'" in ini
     )
-    assert (
-        "ansible_user=root\n" in ini
-        and "ansible_python_interpreter=/usr/bin/python3\n" in ini
-    )
+    assert "ansible_user=root\n" in ini and "ansible_python_interpreter=/usr/bin/python3\n" in ini
     assert "[web:vars]" in ini and "release_tag=7\n" in ini and "keep=5\n" in ini
 
 
@@ -115,9 +106,7 @@ def test_ssh_commands_do_not_source_roots_bashrc(ssh_hosts: HostSet) -> None:
     assert "pyenv" not in result.stdout
 
 
-def test_rsync_over_ssh_writes_into_each_deploy_root(
-    ssh_hosts: HostSet, tmp_path: Path
-) -> None:
+def test_rsync_over_ssh_writes_into_each_deploy_root(ssh_hosts: HostSet, tmp_path: Path) -> None:
     """rsync -e ssh (strict host keys) puts a file into every host's deploy_root."""
     src = tmp_path / "release"
     src.mkdir()
@@ -205,9 +194,7 @@ def test_context_exit_leaves_nothing_behind(tmp_path: Path, body_raises: bool) -
     require_netns_hosts()
     prefix = claim_prefix("ferryz")
     control = tmp_path / "cm"
-    expect_error = (
-        pytest.raises(RuntimeError) if body_raises else contextlib.nullcontext()
-    )
+    expect_error = pytest.raises(RuntimeError) if body_raises else contextlib.nullcontext()
     with expect_error, netns_ssh_hosts(2, tmp_path / "hosts", prefix=prefix) as hosts:
         # A ControlPersist master keeps a session sshd alive after the listener dies (pitfall 5).
         argv = hosts.ssh_argv(hosts.hosts[0].name, "true")
@@ -232,9 +219,7 @@ def test_context_exit_leaves_nothing_behind(tmp_path: Path, body_raises: bool) -
             raise RuntimeError("body failed")
     assert leftovers(prefix) == []
     assert not [p for p in [*inside, *listeners] if p is not None and alive(p)]
-    assert (
-        not control.exists()
-    )  # the client's mux master saw its connection close and exited
+    assert not control.exists()  # the client's mux master saw its connection close and exited
 
 
 @pytest.mark.ssh
@@ -252,7 +237,7 @@ def test_cleanup_stale_removes_a_crashed_runs_leftovers(tmp_path: Path) -> None:
     killed = subprocess.run(argv, cwd=REPO, check=False, timeout=60)
     assert killed.returncode == -9
     assert len(leftovers(prefix)) >= 7  # 2 netns, 2 veths, bridge, 2 sshd listeners
-    with pytest.raises(RuntimeError, match="already exist"):
+    with pytest.raises(RuntimeError, match="leftovers of a dead run"):
         build_hosts(1, tmp_path / "again", prefix=prefix)
     removed = cleanup_stale(prefix)
     assert f"bridge {prefix}br" in removed and len(removed) >= 7
@@ -277,32 +262,22 @@ def test_cleanup_stale_refuses_a_live_runs_hosts(tmp_path: Path) -> None:
 def test_cli_up_then_down_round_trip(tmp_path: Path) -> None:
     """`up` builds detached hosts and exits, `down` removes everything it recorded."""
     require_netns_hosts()
-    prefix = claim_prefix("ferryc")
     cli = [sys.executable, "-m", "tests.support.netns_hosts"]
-    # capture_output: the CLI's pipes must close although the sshds keep running (proper detach).
-    up = subprocess.run(
-        [*cli, "up", "2", "--dir", str(tmp_path), "--prefix", prefix],
-        cwd=REPO,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = {"cwd": REPO, "check": False, "capture_output": True, "text": True, "timeout": 60}
+    for _ in range(3):  # another session may claim the same prefix between check and `up`
+        prefix = claim_prefix("ferryc")
+        # capture_output: the CLI's pipes must close although the sshds keep running (detach).
+        up = subprocess.run([*cli, "up", "2", "--dir", str(tmp_path), "--prefix", prefix], **run)
+        if "is in use by" not in up.stderr:
+            break
+    assert up.returncode == 0, up.stderr
     try:
-        assert up.returncode == 0, up.stderr
-        assert "ferryc1" in up.stdout and "ferryc2" in up.stdout
+        assert f"{prefix}1: " in up.stdout and f"{prefix}2: " in up.stdout
         hosts = HostSet.from_json((tmp_path / "hosts.json").read_text())
         assert (tmp_path / "inventory.ini").read_text() == hosts.inventory_ini()
         for host in hosts.hosts:
             assert ssh(hosts, host.name, "hostname").stdout == f"{host.name}\n"
     finally:
-        down = subprocess.run(
-            [*cli, "down", "--dir", str(tmp_path)],
-            cwd=REPO,
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        down = subprocess.run([*cli, "down", "--dir", str(tmp_path)], **run)
     assert down.returncode == 0, down.stderr
     assert leftovers(prefix) == []

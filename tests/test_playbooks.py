@@ -9,10 +9,13 @@ import pytest
 
 from tests.support.playbook_env import EXECUTABLE, Env, git_tree, make_env, sh, tree_of
 
-pytestmark = pytest.mark.skipif(
-    not all(os.path.exists(f"/usr/bin/{t}") for t in ("svn", "svnadmin", "git", "rsync")),
-    reason="needs svn, svnadmin, git and rsync",
-)
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        not all(os.path.exists(f"/usr/bin/{t}") for t in ("svn", "svnadmin", "git", "rsync")),
+        reason="needs svn, svnadmin, git and rsync",
+    ),
+]
 
 
 # ---------------------------------------------------------------- staging_update.yml

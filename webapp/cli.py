@@ -8,6 +8,7 @@ from flask.cli import AppGroup
 
 from . import projects as svc
 from .auth import issue_token
+from .demo import demo
 from .errors import DomainError
 from .extensions import db
 
@@ -96,11 +97,19 @@ def worker(burst: bool) -> None:
 
 
 @click.command("reconcile")
-def reconcile_cmd() -> None:
+@click.option("--every", type=int, default=0, help="repeat every N seconds (0: once)")
+def reconcile_cmd(every: int) -> None:
     """Find runs whose worker is gone, fail them, and re-enqueue runs that never reached the queue."""
+    import time
+
     from jobs.reconcile import reconcile
 
-    click.echo(reconcile())
+    while True:
+        click.echo(reconcile())
+        db.session.remove()  # next round reads fresh rows
+        if not every:
+            return
+        time.sleep(every)
 
 
 def init_app(app: Flask) -> None:
@@ -109,3 +118,4 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(project_cli)
     app.cli.add_command(worker)
     app.cli.add_command(reconcile_cmd)
+    app.cli.add_command(demo)

@@ -161,9 +161,7 @@ class Staging:
         if os.path.isfile(os.path.join(self.git_dir, "HEAD")):
             return
         _check(_run(["git", f"--git-dir={self.git_dir}", "init", "-q"]), "git init")
-        with open(
-            os.path.join(self.git_dir, "info", "exclude"), "a", encoding="utf-8"
-        ) as fh:
+        with open(os.path.join(self.git_dir, "info", "exclude"), "a", encoding="utf-8") as fh:
             fh.write(".svn/\n")
 
     def commit(self) -> tuple[str, list[str], int]:
@@ -171,11 +169,7 @@ class Staging:
         _check(_run(self.git("add", "-A")), "git add")
         # --allow-empty: every staging update gets its own commit id, even with no change.
         _check(
-            _run(
-                self.git(
-                    "commit", "-q", "--allow-empty", "--no-verify", "-m", self.message
-                )
-            ),
+            _run(self.git("commit", "-q", "--allow-empty", "--no-verify", "-m", self.message)),
             "git commit",
         )
         sha = _check(_run(self.git("rev-parse", "HEAD")), "git rev-parse").strip()

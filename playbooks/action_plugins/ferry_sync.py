@@ -42,9 +42,9 @@ class Host:
         """Read the connection's settings."""
         self.action = action
         conn = action._connection
-        self.local = "local" in (getattr(conn, "transport", "") or "") or getattr(
-            conn, "_load_name", ""
-        ).endswith("local")
+        self.local = "local" in (getattr(conn, "transport", "") or "") or getattr(conn, "_load_name", "").endswith(
+            "local"
+        )
         self.name = task_vars.get("inventory_hostname", "?")
         self.rsh = None if self.local else self._build_rsh(task_vars)
 
@@ -73,9 +73,7 @@ class Host:
         if self._opt("remote_user"):
             args += ["-o", f"User={self._opt('remote_user')}"]
         args += ["-o", f"ConnectTimeout={self._opt('timeout') or 10}"]
-        if not any(a.startswith("ControlPath=") for a in args) and any(
-            "ControlPersist" in a for a in args
-        ):
+        if not any(a.startswith("ControlPath=") for a in args) and any("ControlPersist" in a for a in args):
             # Same socket as Ansible's own ssh: control_path (ansible.cfg uses %(directory)s/%%C) in control_path_dir.
             cpdir = os.path.expanduser(self._opt("control_path_dir") or "~/.ansible/cp")
             os.makedirs(cpdir, mode=0o700, exist_ok=True)
@@ -96,12 +94,8 @@ class Host:
             raise SyncError(str(exc)[:MAX_MSG], unreachable=True) from exc
         if res.get("rc") != 0:
             if not self.local and res.get("rc") == 255:
-                raise SyncError(
-                    (res.get("stderr") or "ssh failed")[:MAX_MSG], unreachable=True
-                )
-            msg = (
-                res.get("stderr") or res.get("stdout") or f"rc {res.get('rc')}"
-            ).strip()
+                raise SyncError((res.get("stderr") or "ssh failed")[:MAX_MSG], unreachable=True)
+            msg = (res.get("stderr") or res.get("stdout") or f"rc {res.get('rc')}").strip()
             raise SyncError(msg[-MAX_MSG:])
         return res.get("stdout") or ""
 
@@ -110,19 +104,11 @@ class Host:
         argv = ["rsync", "-a", "--out-format=%i %n%L", *args]
         if self.rsh:
             argv[1:1] = ["--rsh", self.rsh]
-        proc = subprocess.run(
-            argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False
-        )
+        proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
         if proc.returncode != 0:
             err = (proc.stderr.strip() or proc.stdout.strip())[-MAX_MSG:]
-            unreachable = (
-                not self.local
-                and proc.returncode in UNREACHABLE_RC
-                and bool(UNREACHABLE_ERR.search(err))
-            )
-            raise SyncError(
-                f"rsync failed (rc {proc.returncode}): {err}", unreachable=unreachable
-            )
+            unreachable = not self.local and proc.returncode in UNREACHABLE_RC and bool(UNREACHABLE_ERR.search(err))
+            raise SyncError(f"rsync failed (rc {proc.returncode}): {err}", unreachable=unreachable)
         return [ln for ln in proc.stdout.splitlines() if ln]
 
 
@@ -147,9 +133,7 @@ class ActionModule(ActionBase):
         try:
             host = Host(self, task_vars or {})
             root = str(args["deploy_root"]).rstrip("/") or "/"
-            version = (
-                int(args["version"]) if op != "prune" or args.get("version") else 0
-            )
+            version = int(args["version"]) if op != "prune" or args.get("version") else 0
             if op == "stage":
                 out = self._stage(host, root, version, args)
             elif op == "switch":
@@ -200,12 +184,8 @@ class ActionModule(ActionBase):
         probe = [f"mkdir -p {_q(root + '/releases')} {_q(root + '/shared')} || exit 1"]
         probe.append(f"echo live=$(readlink {_q(root + '/current')} 2>/dev/null)")
         for p in shared:
-            probe.append(
-                f"mkdir -p {_q(os.path.dirname(f'{root}/shared/{p}'))} || exit 1"
-            )
-            probe.append(
-                f"[ -e {_q(f'{root}/shared/{p}')} ] || [ -L {_q(f'{root}/shared/{p}')} ] || echo missing={p}"
-            )
+            probe.append(f"mkdir -p {_q(os.path.dirname(f'{root}/shared/{p}'))} || exit 1")
+            probe.append(f"[ -e {_q(f'{root}/shared/{p}')} ] || [ -L {_q(f'{root}/shared/{p}')} ] || echo missing={p}")
         out = host.sh("\n".join(probe))
         m = re.search(r"^live=(?:.*/)?(\d+)/?$", out, re.MULTILINE)
         live = int(m.group(1)) if m else None
@@ -214,11 +194,7 @@ class ActionModule(ActionBase):
         if live is not None and live != version:
             rsync_args.append(f"--link-dest={root}/releases/{live}")
         lines = host.rsync([*rsync_args, src, host.dest(rel + "/")])
-        linked = (
-            self._link_shared(host, root, rel, shared, missing, src)
-            if shared
-            else False
-        )
+        linked = self._link_shared(host, root, rel, shared, missing, src) if shared else False
         res = self._stage_result(version, live, lines, rel)
         res["changed"] = linked
         return res
@@ -254,9 +230,7 @@ class ActionModule(ActionBase):
         return "linked" in host.sh("\n".join(script))
 
     @staticmethod
-    def _stage_result(
-        version: int, live: int | None, lines: list[str], dest: str
-    ) -> dict:
+    def _stage_result(version: int, live: int | None, lines: list[str], dest: str) -> dict:
         """Summarise an rsync run for the event / DB."""
         n = _count_changes(lines)
         return {
@@ -292,14 +266,10 @@ rm -f {_q(tmp)} && ln -s releases/{version} {_q(tmp)} && mv -T {_q(tmp)} {_q(cur
         """Remove old releases beyond the newest `keep`, never the live or a protected one."""
         keep = max(int(args.get("keep") or 5), 1)
         protect = {int(v) for v in args.get("protect_versions") or []}
-        out = host.sh(
-            f"echo live=$(readlink {_q(root + '/current')} 2>/dev/null); ls -1 {_q(root + '/releases')}"
-        )
+        out = host.sh(f"echo live=$(readlink {_q(root + '/current')} 2>/dev/null); ls -1 {_q(root + '/releases')}")
         m = re.search(r"^live=(?:.*/)?(\d+)/?$", out, re.MULTILINE)
         live = int(m.group(1)) if m else None
-        versions = sorted(
-            (int(x) for x in out.splitlines() if x.isdigit()), reverse=True
-        )
+        versions = sorted((int(x) for x in out.splitlines() if x.isdigit()), reverse=True)
         drop = [v for v in versions[keep:] if v != live and v not in protect]
         if drop:
             host.sh("rm -rf -- " + " ".join(_q(f"{root}/releases/{v}") for v in drop))

@@ -32,9 +32,7 @@ def _git(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
         check=False,
     )
     if check and proc.returncode != 0:
-        raise TagError(
-            f"git {argv[-1] if argv else ''} failed: {(proc.stderr or proc.stdout).strip()[-MAX_MSG:]}"
-        )
+        raise TagError(f"git {argv[-1] if argv else ''} failed: {(proc.stderr or proc.stdout).strip()[-MAX_MSG:]}")
     return proc
 
 
@@ -59,9 +57,7 @@ def tag_version(snapshot: str, commit: str, version: int) -> tuple[str, bool]:
     existing = _resolve(snapshot, f"refs/tags/{version}")
     if existing is not None:
         if existing != sha:
-            raise TagError(
-                f"tag {version} already exists and points to {existing}, not {sha}"
-            )
+            raise TagError(f"tag {version} already exists and points to {existing}, not {sha}")
         return sha, False
     _git(
         f"--git-dir={snapshot}",
@@ -87,6 +83,40 @@ def checkout_release(snapshot: str, release_dir: str, version: int, sha: str) ->
     head = _resolve(f"{release_dir}/.git", "HEAD")
     if head != sha:
         raise TagError(f"release tree is at {head}, expected {sha}")
+    restore_mtimes(release_dir)
+
+
+def restore_mtimes(release_dir: str) -> int:
+    """Set each file's mtime to its last commit's time; return how many files were set.
+
+    Checkout stamps rewritten files with "now", so re-staging a kept release (a rollback) would make
+    rsync re-send files whose content did not change. Commit times are the same for every checkout of
+    a version, so rsync's size+mtime check and --link-dest see identical files as identical.
+    """
+    repo = f"--git-dir={release_dir}/.git"
+    listed = _git(repo, "-c", "core.quotepath=off", "ls-files", "-z", check=True).stdout
+    todo = {p for p in listed.split("\0") if p}
+    proc = subprocess.Popen(
+        ["git", repo, "-c", "core.quotepath=off", "log", "--format=%x00%ct", "--name-only", "--no-renames", "HEAD"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    stamp, done = 0, 0
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        if line.startswith("\0"):  # NUL cannot start a path, "@" could
+            stamp = int(line[1:])
+        elif line in todo:
+            todo.discard(line)
+            os.utime(os.path.join(release_dir, line), (stamp, stamp), follow_symlinks=False)
+            done += 1
+            if not todo:
+                break  # newest commits first: stop reading history once every file has its time
+    proc.kill()
+    proc.wait()
+    return done
 
 
 class ActionModule(ActionBase):
@@ -118,8 +148,6 @@ class ActionModule(ActionBase):
         result.update(
             changed=created,
             msg=f"tag {version} = {sha[:12]} ({'created' if created else 'existing'}); release tree checked out",
-            ferry={
-                "release": {"version": version, "commit": sha, "tag_created": created}
-            },
+            ferry={"release": {"version": version, "commit": sha, "tag_created": created}},
         )
         return result

@@ -2,6 +2,8 @@
 
 Library: ``with netns_ssh_hosts(3, workdir) as hosts: ...`` builds, yields a ``HostSet`` and always
 tears down. CLI: ``python -m tests.support.netns_hosts up N --dir DIR`` / ``down --dir DIR``.
+Each prefix is claimed in /run/ferry-netns/<prefix>.json, so concurrent runs never share or tear
+down each other's hosts; ``cleanup_stale(prefix)`` removes what a dead owner left behind.
 Recipe and pitfalls: /work/shared/TESTHOSTS.md sections 2, 3 and 9.5. Needs root and iproute2.
 """
 
@@ -18,13 +20,13 @@ import statistics
 import subprocess
 import sys
 import time
-import warnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 SSHD = "/usr/sbin/sshd"
+OWNERS = Path("/run/ferry-netns")  # <prefix>.json: who owns a prefix (tmpfs, gone on reboot)
 # No trailing digit, so that prefix "ab" never matches the hosts of prefix "ab1".
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,7}[a-z]$")
 HOST_OFFSET = 10  # host i (1-based) gets subnet address .(10 + i); the bridge gets .1
@@ -40,6 +42,10 @@ QUIET_SHELL_ENV = "SHLVL=1"
 
 class HostsError(RuntimeError):
     """Building, changing or tearing down the test hosts failed."""
+
+
+class PrefixInUse(HostsError):
+    """A live process (or a detached CLI set) owns the hosts of this prefix."""
 
 
 @dataclass
@@ -108,16 +114,11 @@ class HostSet:
         """Return the remote shell string for ``rsync -e``."""
         return " ".join(["ssh", *self.ssh_options()])
 
-    def inventory_ini(
-        self, group: str = "prod", extra_vars: dict[str, object] | None = None
-    ) -> str:
+    def inventory_ini(self, group: str = "prod", extra_vars: dict[str, object] | None = None) -> str:
         """Return an Ansible INI inventory of all hosts in ``group`` with strict host key checking."""
         common = f"-o UserKnownHostsFile={self.known_hosts} -o StrictHostKeyChecking=yes -o BatchMode=yes"
         lines = [f"[{group}]"]
-        lines += [
-            f"{h.name} ansible_host={h.ip} deploy_root={h.deploy_root}"
-            for h in self.hosts
-        ]
+        lines += [f"{h.name} ansible_host={h.ip} deploy_root={h.deploy_root}" for h in self.hosts]
         lines += [
             "",
             f"[{group}:vars]",
@@ -189,6 +190,8 @@ class HostSet:
                 _collect(problems, _ip, "netns", "del", host.namespace)
         if self.bridge in links:
             _collect(problems, _ip, "link", "del", self.bridge)
+        if (read_owner(self.prefix) or {}).get("workdir") == str(self.workdir):
+            _owner_file(self.prefix).unlink(missing_ok=True)
         return problems
 
     def to_json(self) -> str:
@@ -202,22 +205,18 @@ class HostSet:
         """Rebuild a set from ``to_json`` output (sshd processes are then known by PID only)."""
         data = json.loads(text)
         hosts = [
-            NetnsHost(
-                **{**h, "dir": Path(h["dir"]), "deploy_root": Path(h["deploy_root"])}
-            )
-            for h in data.pop("hosts")
+            NetnsHost(**{**h, "dir": Path(h["dir"]), "deploy_root": Path(h["deploy_root"])}) for h in data.pop("hosts")
         ]
         paths = {k: Path(data[k]) for k in ("workdir", "key", "known_hosts")}
         return cls(**{**data, **paths, "detached": True}, hosts=hosts)
 
     def describe(self) -> str:
         """Return a human-readable summary of the set."""
-        lines = [
-            f"bridge {self.bridge} {self.subnet} (prefix {self.prefix}, workdir {self.workdir})"
-        ]
+        lines = [f"bridge {self.bridge} {self.subnet} (prefix {self.prefix}, workdir {self.workdir})"]
         for h in self.hosts:
             lines.append(
-                f"  {h.name}: {h.ip} netns={h.namespace} veth={h.veth} sshd_pid={h.sshd_pid} deploy_root={h.deploy_root}"
+                f"  {h.name}: {h.ip} netns={h.namespace} veth={h.veth} "
+                f"sshd_pid={h.sshd_pid} deploy_root={h.deploy_root}"
             )
         lines.append(f"  key={self.key} known_hosts={self.known_hosts}")
         return "\n".join(lines)
@@ -234,20 +233,14 @@ def netns_ssh_hosts(
 ) -> Iterator[HostSet]:
     """Build ``n`` SSH hosts under ``workdir``, yield their HostSet and tear them down on exit, even on error."""
     hosts = build_hosts(n, workdir, prefix, subnet, quiet_shell, detach)
-    failed = False
     try:
         yield hosts
-    except BaseException:
-        failed = True
+    except BaseException as exc:
+        if problems := hosts.teardown():
+            exc.add_note(f"netns hosts teardown problems: {problems}")
         raise
-    finally:
-        problems = hosts.teardown()
-        if problems and failed:
-            warnings.warn(
-                f"netns hosts teardown: {problems}", RuntimeWarning, stacklevel=3
-            )
-        elif problems:
-            raise HostsError(f"netns hosts teardown: {problems}")
+    if problems := hosts.teardown():
+        raise HostsError(f"netns hosts teardown problems: {problems}")
 
 
 def build_hosts(
@@ -260,12 +253,17 @@ def build_hosts(
 ) -> HostSet:
     """Build ``n`` SSH hosts and return their HostSet; the caller must call ``teardown()``."""
     _check_args(n, workdir, prefix)
-    _refuse_existing(prefix)
     net = ipaddress.IPv4Network(subnet) if subnet else free_subnet(prefix)
     if net.num_addresses < HOST_OFFSET + n + 2:
         raise ValueError(f"subnet {net} too small for {n} hosts")
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    _claim(prefix, workdir, detach)
+    try:
+        _refuse_existing(prefix)
+    except HostsError:
+        _owner_file(prefix).unlink(missing_ok=True)
+        raise
     hostset = HostSet(
         prefix=prefix,
         workdir=workdir,
@@ -306,10 +304,7 @@ def _build(hostset: HostSet, net: ipaddress.IPv4Network, detach: bool) -> None:
     _keygen([hostset.key, *(h.host_key for h in hostset.hosts)])
     authorized = hostset.workdir / "authorized_keys"
     authorized.write_text(hostset.key.with_suffix(".pub").read_text())
-    known = [
-        f"{h.ip} {' '.join(h.host_key.with_suffix('.pub').read_text().split()[:2])}"
-        for h in hostset.hosts
-    ]
+    known = [f"{h.ip} {' '.join(h.host_key.with_suffix('.pub').read_text().split()[:2])}" for h in hostset.hosts]
     hostset.known_hosts.write_text("\n".join(known) + "\n")
     for host in hostset.hosts:
         host.sshd_config.write_text(_sshd_config(host, authorized, hostset.quiet_shell))
@@ -372,8 +367,7 @@ def _spawn_sshd(host: NetnsHost, detach: bool) -> subprocess.Popen[bytes] | None
     # `ip netns exec` unshares a mount namespace and execs (no fork), `unshare --uts` (own hostname)
     # and `sh` exec too: so the spawned PID is the listener. /run/sshd is sshd's privsep dir.
     script = (
-        'hostname "$1" && mount -t tmpfs -o mode=755 tmpfs /run && mkdir -m 755 /run/sshd'
-        f' && exec {SSHD} -D -e -f "$2"'
+        f'hostname "$1" && mount -t tmpfs -o mode=755 tmpfs /run && mkdir -m 755 /run/sshd && exec {SSHD} -D -e -f "$2"'
     )
     argv = [
         "ip",
@@ -468,12 +462,7 @@ def _stop_listener(host: NetnsHost, proc: subprocess.Popen[bytes] | None) -> Non
 def _is_our_sshd(pid: int, host: NetnsHost) -> bool:
     """Return whether ``pid`` is a live process started with ``host``'s sshd_config (guards PID reuse)."""
     try:
-        cmdline = (
-            Path(f"/proc/{pid}/cmdline")
-            .read_bytes()
-            .replace(b"\0", b" ")
-            .decode(errors="replace")
-        )
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return False
     return str(host.sshd_config) in cmdline and _alive(pid)
@@ -511,9 +500,7 @@ def _kill_netns_pids(namespace: str) -> None:
     """Kill every process inside ``namespace`` (per-connection sshd children outlive the listener)."""
     if namespace not in _netns_names():
         return
-    out = subprocess.run(
-        ["ip", "netns", "pids", namespace], capture_output=True, text=True, check=False
-    ).stdout
+    out = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True, check=False).stdout
     pids = [int(p) for p in out.split() if p.isdigit() and _alive(int(p))]
     if pids:
         _terminate_pids(pids)
@@ -534,9 +521,7 @@ def _keygen(paths: list[Path]) -> None:
 
 def _ip(*args: str, input: str | None = None) -> str:
     """Run ``ip`` with ``args`` and return its stdout; raise HostsError with its stderr on failure."""
-    proc = subprocess.run(
-        ["ip", *args], input=input, capture_output=True, text=True, check=False
-    )
+    proc = subprocess.run(["ip", *args], input=input, capture_output=True, text=True, check=False)
     if proc.returncode:
         raise HostsError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
     return proc.stdout
@@ -549,9 +534,7 @@ def _link_names() -> set[str]:
 
 def _netns_names() -> set[str]:
     """Return the names of all named network namespaces."""
-    return {
-        line.split()[0] for line in _ip("netns", "list").splitlines() if line.strip()
-    }
+    return {line.split()[0] for line in _ip("netns", "list").splitlines() if line.strip()}
 
 
 def _collect(problems: list[str], func: object, *args: object) -> None:
@@ -569,15 +552,11 @@ def _collect(problems: list[str], func: object, *args: object) -> None:
 def _check_args(n: int, workdir: Path, prefix: str) -> None:
     """Reject arguments that would give clashing names or unquotable inventory values."""
     if not PREFIX_RE.match(prefix):
-        raise ValueError(
-            f"prefix {prefix!r}: 2-9 chars [a-z0-9], starting and ending with a letter"
-        )
+        raise ValueError(f"prefix {prefix!r}: 2-9 chars [a-z0-9], starting and ending with a letter")
     if not 1 <= n <= MAX_HOSTS:
         raise ValueError(f"n={n}: between 1 and {MAX_HOSTS}")
     if re.search(r"\s|'", str(workdir)):
-        raise ValueError(
-            f"workdir {workdir} must not contain whitespace or quotes (inventory values)"
-        )
+        raise ValueError(f"workdir {workdir} must not contain whitespace or quotes (inventory values)")
 
 
 def _refuse_existing(prefix: str) -> None:
@@ -606,41 +585,71 @@ def free_subnet(prefix: str) -> ipaddress.IPv4Network:
     raise HostsError("no free /24 in 10.250.0.0/16")
 
 
-def _listeners(prefix: str) -> dict[int, int]:
-    """Return {pid: parent pid} of live sshd listeners started for hosts named ``prefix<i>``."""
+def _listeners(prefix: str) -> list[int]:
+    """Return the PIDs of live sshd listeners started for hosts named ``prefix<i>``."""
     # Our listeners carry "<workdir>/<prefix><i>/sshd_config" on their command line.
     cfg_re = re.compile(rf"{SSHD} -D -e -f \S*/{prefix}\d+/sshd_config")
-    found = {}
+    found = []
     for entry in Path("/proc").iterdir():
         with contextlib.suppress(OSError, ValueError):
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if (
-                entry.name.isdigit()
-                and cfg_re.search(cmdline)
-                and _alive(int(entry.name))
-            ):
-                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                found[int(entry.name)] = int(stat[1])
+            if entry.name.isdigit() and cfg_re.search(cmdline) and _alive(int(entry.name)):
+                found.append(int(entry.name))
     return found
 
 
+def _owner_file(prefix: str) -> Path:
+    """Return the path of ``prefix``'s owner record."""
+    return OWNERS / f"{prefix}.json"
+
+
+def read_owner(prefix: str) -> dict[str, object] | None:
+    """Return ``prefix``'s owner record ({pid, detached, workdir}), or None."""
+    try:
+        return json.loads(_owner_file(prefix).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def live_owner(prefix: str) -> int | None:
-    """Return the PID of a live process that owns sshds for ``prefix`` (not orphaned), else None."""
-    # A crashed owner's children are re-parented to PID 1; detached CLI sshds count as orphans.
-    owners = [
-        ppid for ppid in _listeners(prefix).values() if ppid != 1 and _alive(ppid)
-    ]
-    return owners[0] if owners else None
+    """Return the PID owning ``prefix`` if it is alive (0 for a detached CLI set), else None."""
+    owner = read_owner(prefix)
+    if owner is None:
+        return None
+    pid = int(owner["pid"])  # type: ignore[call-overload]
+    if owner.get("detached"):
+        return 0  # a CLI `up` set lives until `down`
+    return pid if _alive(pid) else None
+
+
+def _claim(prefix: str, workdir: Path, detach: bool) -> None:
+    """Atomically record this process as ``prefix``'s owner; raise if someone else holds it."""
+    OWNERS.mkdir(mode=0o700, exist_ok=True)
+    record = json.dumps({"pid": os.getpid(), "detached": detach, "workdir": str(workdir)})
+    try:
+        with open(_owner_file(prefix), "x") as f:  # O_EXCL: two runs cannot both win
+            f.write(record)
+    except FileExistsError:
+        owner = live_owner(prefix)
+        if owner is not None:
+            who = "a detached CLI set" if owner == 0 else f"live process {owner}"
+            raise PrefixInUse(f"prefix {prefix!r} is in use by {who}") from None
+        raise HostsError(
+            f"prefix {prefix!r}: leftovers of a dead run ({_owner_file(prefix)}); "
+            f"run cleanup_stale({prefix!r}) or `python -m tests.support.netns_hosts "
+            f"cleanup --prefix {prefix}`"
+        ) from None
 
 
 def cleanup_stale(prefix: str, force: bool = False) -> list[str]:
     """Remove a dead run's sshds, sessions, veths, namespaces and bridge for ``prefix``; return what went."""
     if not PREFIX_RE.match(prefix):
         raise ValueError(f"bad prefix {prefix!r}")
-    if not force and (owner := live_owner(prefix)):
-        raise HostsError(f"prefix {prefix!r} is in use by live process {owner}")
+    if not force and (owner := live_owner(prefix)) is not None:
+        who = "a detached CLI set (use force)" if owner == 0 else f"live process {owner}"
+        raise PrefixInUse(f"prefix {prefix!r} is in use by {who}")
     removed: list[str] = []
-    if pids := list(_listeners(prefix)):
+    if pids := _listeners(prefix):
         _terminate_pids(pids)
         removed += [f"sshd pid {p}" for p in pids]
     namespaces = sorted(ns for ns in _netns_names() if re.match(rf"^{prefix}\d+$", ns))
@@ -656,6 +665,9 @@ def cleanup_stale(prefix: str, force: bool = False) -> list[str]:
     if f"{prefix}br" in links:
         _ip("link", "del", f"{prefix}br")
         removed.append(f"bridge {prefix}br")
+    if _owner_file(prefix).exists():
+        _owner_file(prefix).unlink()
+        removed.append(f"owner record {_owner_file(prefix)}")
     return removed
 
 
@@ -664,9 +676,7 @@ def measure_ssh_latency(hostset: HostSet, name: str, runs: int = 10) -> float:
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        subprocess.run(
-            hostset.ssh_argv(name, "true"), check=True, stdin=subprocess.DEVNULL
-        )
+        subprocess.run(hostset.ssh_argv(name, "true"), check=True, stdin=subprocess.DEVNULL)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -674,15 +684,11 @@ def measure_ssh_latency(hostset: HostSet, name: str, runs: int = 10) -> float:
 def _cmd_up(args: argparse.Namespace) -> int:
     """Build hosts, write inventory.ini and hosts.json, leave them running."""
     workdir = Path(args.dir).resolve()
-    hostset = build_hosts(
-        args.n, workdir, args.prefix, args.subnet, not args.no_quiet_shell, detach=True
-    )
+    hostset = build_hosts(args.n, workdir, args.prefix, args.subnet, not args.no_quiet_shell, detach=True)
     (workdir / "hosts.json").write_text(hostset.to_json())
     (workdir / "inventory.ini").write_text(hostset.inventory_ini())
     print(hostset.describe())
-    print(
-        f"wrote {workdir / 'inventory.ini'} and {workdir / 'hosts.json'}; stop with: down --dir {workdir}"
-    )
+    print(f"wrote {workdir / 'inventory.ini'} and {workdir / 'hosts.json'}; stop with: down --dir {workdir}")
     return 0
 
 
@@ -693,9 +699,7 @@ def _cmd_down(args: argparse.Namespace) -> int:
     problems = hostset.teardown()
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
-    print(
-        f"removed {len(hostset.hosts)} hosts, bridge {hostset.bridge} (prefix {hostset.prefix})"
-    )
+    print(f"removed {len(hostset.hosts)} hosts, bridge {hostset.bridge} (prefix {hostset.prefix})")
     state.rename(state.with_suffix(".json.down"))
     return 1 if problems else 0
 
@@ -713,9 +717,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for n in args.sizes:
         for quiet in (True, False):
             t0 = time.perf_counter()
-            hostset = build_hosts(
-                n, workdir / f"n{n}-{quiet}", args.prefix, quiet_shell=quiet
-            )
+            hostset = build_hosts(n, workdir / f"n{n}-{quiet}", args.prefix, quiet_shell=quiet)
             setup = time.perf_counter() - t0
             try:
                 latency = measure_ssh_latency(hostset, hostset.hosts[0].name, args.runs)
@@ -724,24 +726,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                 hostset.teardown()
                 down = time.perf_counter() - t0
             print(
-                f"n={n:3d} quiet_shell={quiet!s:5}: setup {setup:.2f}s teardown {down:.2f}s ssh true median {latency * 1000:.0f} ms"
+                f"n={n:3d} quiet_shell={quiet!s:5}: setup {setup:.2f}s teardown {down:.2f}s "
+                f"ssh true median {latency * 1000:.0f} ms"
             )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI."""
-    parser = argparse.ArgumentParser(
-        prog="python -m tests.support.netns_hosts", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m tests.support.netns_hosts", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="build N hosts and leave them running")
     up.add_argument("n", type=int)
     up.add_argument("--dir", required=True)
     up.add_argument("--prefix", default="ferryh")
-    up.add_argument(
-        "--subnet", help="e.g. 10.250.7.0/24 (default: derived from prefix)"
-    )
+    up.add_argument("--subnet", help="e.g. 10.250.7.0/24 (default: derived from prefix)")
     up.add_argument(
         "--no-quiet-shell",
         action="store_true",
@@ -751,13 +750,9 @@ def main(argv: list[str] | None = None) -> int:
     down = sub.add_parser("down", help="tear down the hosts in DIR/hosts.json")
     down.add_argument("--dir", required=True)
     down.set_defaults(func=_cmd_down)
-    cleanup = sub.add_parser(
-        "cleanup", help="remove leftovers of a crashed run with PREFIX"
-    )
+    cleanup = sub.add_parser("cleanup", help="remove leftovers of a crashed run with PREFIX")
     cleanup.add_argument("--prefix", default="ferryh")
-    cleanup.add_argument(
-        "--force", action="store_true", help="even if a live process owns it"
-    )
+    cleanup.add_argument("--force", action="store_true", help="even if a live process owns it")
     cleanup.set_defaults(func=_cmd_cleanup)
     bench = sub.add_parser("bench", help="time setup and ssh latency")
     bench.add_argument("--dir", required=True)

@@ -22,9 +22,7 @@ EXECUTABLE = "bin/run.sh"
 
 def sh(*argv: str | Path, cwd: Path | None = None) -> str:
     """Run a command, fail loudly, return stdout."""
-    proc = subprocess.run(
-        [str(a) for a in argv], cwd=cwd, capture_output=True, text=True, check=False
-    )
+    proc = subprocess.run([str(a) for a in argv], cwd=cwd, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, f"{argv} -> {proc.returncode}: {proc.stderr}"
     return proc.stdout
 
@@ -45,9 +43,7 @@ class Env:
 
     def svn(self, *argv: str | Path, cwd: Path | None = None) -> str:
         """Run svn with the test's own config dir."""
-        return sh(
-            "svn", "--non-interactive", "--config-dir", self.svn_cfg, *argv, cwd=cwd
-        )
+        return sh("svn", "--non-interactive", "--config-dir", self.svn_cfg, *argv, cwd=cwd)
 
     def commit_change(self, rel: str, text: str | None) -> None:
         """Commit a change (text=None deletes) through a second working copy, as a developer would."""
@@ -77,9 +73,7 @@ class Env:
         inv.write_text("\n".join(lines) + "\n")
         return inv
 
-    def run(
-        self, playbook: str, extravars: dict, inventory: Path | None = None, **kw
-    ) -> runner.RunResult:
+    def run(self, playbook: str, extravars: dict, inventory: Path | None = None, **kw) -> runner.RunResult:
         """Prepare a fresh run dir and run a playbook in it."""
         self.runs += 1
         run_dir = self.root / "runs" / f"{self.runs:03d}"
@@ -92,9 +86,7 @@ class Env:
         )
         return runner.run_playbook(run_dir, playbook, **kw)
 
-    def staging(
-        self, paths: list[str] | None = None, revision: int | None = None
-    ) -> runner.RunResult:
+    def staging(self, paths: list[str] | None = None, revision: int | None = None) -> runner.RunResult:
         """Run staging_update.yml."""
         return self.run(
             "staging_update.yml",
@@ -109,13 +101,9 @@ class Env:
             },
         )
 
-    def release(
-        self, inventory: Path, version: int, commit: str, **extra
-    ) -> runner.RunResult:
+    def release(self, inventory: Path, version: int, commit: str, **extra) -> runner.RunResult:
         """Run release.yml to group prod."""
-        names = [
-            ln.split()[0] for ln in inventory.read_text().splitlines()[1:] if ln.strip()
-        ]
+        names = [ln.split()[0] for ln in inventory.read_text().splitlines()[1:] if ln.strip()]
         extravars = {
             "ferry_group": "prod",
             "version": version,
@@ -170,8 +158,6 @@ def tree_of(path: Path) -> dict[str, tuple[bytes, bool]]:
 def git_tree(git_dir: Path, ref: str, dest: Path) -> dict[str, tuple[bytes, bool]]:
     """Export a git ref to dest and return its tree_of()."""
     dest.mkdir(parents=True)
-    archive = subprocess.run(
-        ["git", f"--git-dir={git_dir}", "archive", ref], capture_output=True, check=True
-    ).stdout
+    archive = subprocess.run(["git", f"--git-dir={git_dir}", "archive", ref], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     return tree_of(dest)
