@@ -134,7 +134,16 @@ class ActionModule(ActionBase):
             host = Host(self, task_vars or {})
             root = str(args["deploy_root"]).rstrip("/") or "/"
             version = int(args["version"]) if op != "prune" or args.get("version") else 0
-            if op == "stage":
+            only = [str(h) for h in args.get("stage_hosts") or []]
+            if op == "stage" and only and host.name not in only:
+                # A retry re-stages only the hosts that failed; this one already holds releases/N.
+                out = {
+                    "version": version,
+                    "skipped": True,
+                    "msg": "already staged by the failed run",
+                    "changed_files": 0,
+                }
+            elif op == "stage":
                 out = self._stage(host, root, version, args)
             elif op == "switch":
                 out = self._switch(host, root, version)
