@@ -2,38 +2,41 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import socket
 import threading
 from pathlib import Path
 
 from flask import current_app
 from redis import Redis
+from sqlalchemy import select, update
 
 from webapp.extensions import db
 from webapp.models import HostResult, Run, utcnow
 
+from .keys import cancel_key, heartbeat_key, log_stream_key, pid_key, progress_key
 from .locks import ProjectLock
 from .queue import redis_connection
 from .runner import RunResult
 
-HEARTBEAT_INTERVAL = 10  # seconds
-HEARTBEAT_TTL = 45  # a run whose key is gone this long has lost its worker
 LOG_STREAM_MAXLEN = 20000  # lines kept per run in Redis; the DB keeps the finished log
 LOG_DB_MAX = 400_000  # characters of log kept in the DB per run
+LOG_LINE_MAX = 2000  # a single displayed line (synchronize-like results can be huge)
+STREAM_TTL = 3600  # a finished run's live stream lingers this long for late viewers
+# ansible-runner event -> per-host progress shown on the page
+PROGRESS = {
+    "runner_on_start": "running",
+    "runner_on_ok": "ok",
+    "runner_on_failed": "failed",
+    "runner_on_unreachable": "unreachable",
+    "runner_on_skipped": "skipped",
+}
 
 
-def heartbeat_key(run_id: int) -> str:
-    """Return the Redis key a live run refreshes."""
-    return f"ferry:run:{run_id}:heartbeat"
-
-
-def cancel_key(run_id: int) -> str:
-    """Return the Redis key a cancel button sets."""
-    return f"ferry:run:{run_id}:cancel"
-
-
-def log_stream_key(run_id: int) -> str:
-    """Return the Redis stream holding a run's live log."""
-    return f"ferry:run:{run_id}:log"
+def heartbeat_ttl() -> int:
+    """Return how long a run may go without a heartbeat before it counts as lost."""
+    return int(current_app.config.get("FERRY_HEARTBEAT_TTL", 45))
 
 
 class RunContext:
@@ -41,9 +44,14 @@ class RunContext:
 
     def __init__(self, run: Run, lane: str) -> None:
         self.run = run
+        self.run_id = run.id
         self.redis: Redis = redis_connection()
         self.lock = ProjectLock(self.redis, run.project_id, lane, run.id)
         self.lines: list[str] = []
+        self.ttl = heartbeat_ttl()
+        self.engine = db.engine  # the heartbeat thread writes through its own connection, never the session
+        self.logger = current_app.logger
+        self._pid_seen = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
 
@@ -52,7 +60,8 @@ class RunContext:
         self.run.started_at = utcnow()
         self.run.heartbeat_at = self.run.started_at
         db.session.commit()
-        self.redis.set(heartbeat_key(self.run.id), "1", ex=HEARTBEAT_TTL)
+        self.redis.delete(log_stream_key(self.run_id), progress_key(self.run_id))
+        self.redis.set(heartbeat_key(self.run_id), "1", ex=self.ttl)
         self._thread.start()
         return self
 
@@ -60,16 +69,24 @@ class RunContext:
         self._stop.set()
         self._thread.join(timeout=5)
         self.lock.release()
-        self.redis.delete(heartbeat_key(self.run.id), cancel_key(self.run.id))
+        self.redis.delete(heartbeat_key(self.run_id), cancel_key(self.run_id), pid_key(self.run_id))
+        self.redis.expire(log_stream_key(self.run_id), STREAM_TTL)
+        self.redis.expire(progress_key(self.run_id), STREAM_TTL)
+        prune_run_dirs(self.run.project_id)
 
     def _beat(self) -> None:
-        """Refresh the heartbeat key and the lock until the run ends (Redis only: no DB in this thread)."""
-        while not self._stop.wait(HEARTBEAT_INTERVAL):
+        """Prove the run is alive: DB heartbeat (the reconciler's truth), Redis key and lock."""
+        while not self._stop.wait(max(1.0, self.ttl / 4)):
             try:
-                self.redis.set(heartbeat_key(self.run.id), "1", ex=HEARTBEAT_TTL)
+                with self.engine.begin() as conn:
+                    conn.execute(update(Run).where(Run.id == self.run_id).values(heartbeat_at=utcnow()))
+            except Exception:  # noqa: BLE001 - a DB blip must not kill the run; the next beat retries
+                self.logger.warning("DB heartbeat of run %s failed", self.run_id)
+            try:
+                self.redis.set(heartbeat_key(self.run_id), "1", ex=self.ttl)
                 self.lock.refresh()
-            except Exception:  # noqa: BLE001 - a Redis blip must not kill the run; the reconciler judges later
-                current_app.logger.warning("heartbeat of run %s failed", self.run.id)
+            except Exception:  # noqa: BLE001 - Redis may be flushed or restarting; the lock is re-taken later
+                self.logger.warning("Redis heartbeat of run %s failed", self.run_id)
 
     def wait_for_lock(self, describe) -> bool:
         """Take the project's lane lock, telling the page what the run waits for."""
@@ -88,18 +105,30 @@ class RunContext:
         """Tell whether someone pressed cancel for this run."""
         return bool(self.redis.exists(cancel_key(self.run.id)))
 
-    def log(self, line: str) -> None:
+    def log(self, line: str, host: str = "", task: str = "") -> None:
         """Add one line to the run's log (live stream and final DB copy)."""
+        line = line if len(line) <= LOG_LINE_MAX else line[:LOG_LINE_MAX] + " …(truncated)"
         self.lines.append(line)
-        self.redis.xadd(log_stream_key(self.run.id), {"line": line}, maxlen=LOG_STREAM_MAXLEN, approximate=True)
+        entry = {"line": line, "host": host, "task": task}
+        self.redis.xadd(log_stream_key(self.run_id), entry, maxlen=LOG_STREAM_MAXLEN, approximate=True)
 
     def on_event(self, event: dict) -> None:
-        """Forward an ansible-runner event's text to the live log (the hot path: cheap)."""
+        """Forward an ansible-runner event to the live log and host progress (hot path: Redis only)."""
+        if not self._pid_seen and event.get("pid"):
+            self.redis.set(pid_key(self.run_id), f"{socket.gethostname()}:{event['pid']}", ex=86400)
+            self._pid_seen = True
+        data = event.get("event_data") or {}
+        host, task = data.get("host") or "", data.get("task") or ""
+        progress = PROGRESS.get(event.get("event", ""))
+        if progress and host:
+            if progress == "ok" and (data.get("res") or {}).get("changed"):
+                progress = "changed"
+            self.redis.hset(progress_key(self.run_id), host, json.dumps({"status": progress, "task": task}))
         text = event.get("stdout")
         if text:
             for line in text.splitlines():
                 if line.strip():
-                    self.log(line)
+                    self.log(line, host, task)
 
     def finish(self, result: RunResult | None, status: str, error: str = "", hosts_filter=None) -> None:
         """Record the run's outcome, per-host results and log; the caller commits."""
@@ -123,6 +152,19 @@ class RunContext:
                             changed_files=host.changed_files,
                         )
                     )
+
+
+def prune_run_dirs(project_id: int) -> None:
+    """Delete run directories beyond the newest FERRY_RUN_RETENTION of a project (their DB rows stay)."""
+    keep = int(current_app.config.get("FERRY_RUN_RETENTION", 50))
+    old = db.session.scalars(
+        select(Run).where(Run.project_id == project_id, Run.run_dir != "").order_by(Run.id.desc()).offset(keep)
+    ).all()
+    for run in old:
+        shutil.rmtree(run.run_dir, ignore_errors=True)
+        run.run_dir = ""
+    if old:
+        db.session.commit()
 
 
 def run_dir_for(run: Run) -> Path:

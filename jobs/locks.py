@@ -7,11 +7,17 @@ from collections.abc import Callable
 
 from redis import Redis
 
-LOCK_TTL = 60  # seconds; the heartbeat refreshes it every HEARTBEAT_INTERVAL
+LOCK_TTL = 60  # seconds; the run's heartbeat refreshes it several times within this
 POLL_INTERVAL = 0.5
 
-# Refresh or release only a lock this run still holds (a lock that expired may belong to another run now).
-_REFRESH = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end return 0"
+# Refresh only a lock this run still holds (a lock that expired may belong to another run now); re-take it
+# when the key is gone altogether (Redis flushed or restarted under a live run).
+_REFRESH = """
+local holder = redis.call('get', KEYS[1])
+if holder == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end
+if not holder then return redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2]) and 1 end
+return 0
+"""
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 

@@ -1,14 +1,20 @@
 """The reconciler: nothing stuck, nothing lost.
 
-Runs marked running whose heartbeat is gone lost their worker: they fail with "worker lost", the
-ticket moves to the matching *_failed state and the lock is freed. Runs still queued whose RQ job is
-missing (Redis flushed, enqueue failed after commit) are enqueued again.
+Runs marked running whose DB heartbeat is older than FERRY_HEARTBEAT_TTL lost their worker: they fail
+with "worker lost", the ticket moves to the matching *_failed state, a leftover ansible-playbook on this
+machine is stopped and the lock is freed. Runs still queued whose RQ job is missing (Redis flushed,
+enqueue failed after commit) are enqueued again.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import time
 from datetime import timedelta
 
+from flask import current_app
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from sqlalchemy import select
@@ -19,11 +25,11 @@ from webapp.extensions import db
 from webapp.models import Run, utcnow
 
 from .context import app_context
-from .lifecycle import HEARTBEAT_TTL, heartbeat_key
+from .keys import pid_key
+from .lifecycle import heartbeat_ttl
 from .locks import force_release
 from .queue import enqueue_run, redis_connection
 
-QUEUED_GRACE = timedelta(seconds=20)  # a run younger than this may still be on its way to the queue
 FAIL_EVENT = {"staging": workflow.STAGING_FAILED, "release": workflow.RELEASE_FAILED}
 
 
@@ -38,16 +44,41 @@ def _job_alive(redis, job_id: str) -> bool:
     return job.get_status(refresh=False) not in ("failed", "stopped", "canceled")
 
 
+def _stop_orphan(redis, run_id: int) -> None:
+    """Stop the ansible-playbook a dead worker left running on this machine (TERM, then KILL its group)."""
+    raw = redis.get(pid_key(run_id))
+    if not raw:
+        return
+    host, _, pid_text = raw.decode().rpartition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return
+    pid = int(pid_text)
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"ansible-playbook" not in f.read():
+                return  # the pid was reused by something else
+        pgid = os.getpgid(pid)
+        os.kill(pid, signal.SIGTERM)  # ansible's own handler stops its fork workers (TESTHOSTS pitfall 4)
+        for _ in range(50):
+            time.sleep(0.1)
+            os.kill(pid, 0)
+        os.killpg(pgid, signal.SIGKILL)
+    except (OSError, ProcessLookupError):
+        pass  # gone already
+
+
 def reconcile() -> dict:
     """Fail runs whose worker is gone and re-enqueue runs that never reached a worker; return counts."""
     with app_context():
         redis = redis_connection()
         lost = requeued = 0
         now = utcnow()
+        ttl = timedelta(seconds=heartbeat_ttl())
+        grace = timedelta(seconds=int(current_app.config.get("FERRY_REQUEUE_GRACE", 20)))
         for run in db.session.scalars(select(Run).where(Run.status == "running")):
-            started = run.started_at or run.created_at
-            if redis.exists(heartbeat_key(run.id)) or now - started < timedelta(seconds=HEARTBEAT_TTL):
+            if now - (run.heartbeat_at or run.started_at or run.created_at) < ttl:
                 continue
+            _stop_orphan(redis, run.id)
             run.status, run.error, run.finished_at = "lost", "worker lost: the run stopped without an end", now
             force_release(redis, run.project_id, "staging" if run.stage == "staging" else "release", run.id)
             try:
@@ -57,7 +88,7 @@ def reconcile() -> dict:
             db.session.commit()
             lost += 1
         for run in db.session.scalars(select(Run).where(Run.status == "queued")):
-            if now - run.created_at < QUEUED_GRACE or _job_alive(redis, run.rq_job_id):
+            if now - run.created_at < grace or _job_alive(redis, run.rq_job_id):
                 continue
             run.rq_job_id = enqueue_run(run.id, run.stage, run.project.stage_timeout)
             db.session.commit()

@@ -27,6 +27,12 @@ def claim(run_id: int, expected_state: workflow.State) -> Run | None:
     return run
 
 
+def _untemplatable(text: str) -> str:
+    """Return user text with its braces replaced, so Ansible cannot render it as a Jinja template."""
+    # Ansible templates extravars: a reason holding "{{ lookup('pipe', ...) }}" would run on the worker.
+    return text.replace("{", "(").replace("}", ")")
+
+
 def update_staging(run_id: int) -> str:
     """RQ job: update the project's staging working copy for one ticket and snapshot it."""
     with app_context():
@@ -68,7 +74,7 @@ def _update(ctx: RunContext) -> str:
             "snapshot_git_dir": str(project_dir(project.name) / "staging.git"),
             "svn_paths": ticket.svn_paths,
             "svn_revision": ticket.svn_revision,
-            "commit_message": f"ticket #{ticket.id} run #{run.id}: {ticket.reason[:200]}",
+            "commit_message": f"ticket #{ticket.id} run #{run.id}: {_untemplatable(ticket.reason[:200])}",
         },
         envvars=ansible_envvars(),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from functools import wraps
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, flash, g, redirect, render_template, request, url_for
 from flask_login import current_user, login_required, login_user, logout_user
@@ -42,6 +43,16 @@ def user_for_token(header: str | None) -> User | None:
     return row.user
 
 
+def safe_next(target: str) -> str | None:
+    """Return `target` when it is a path on this site, else None (no open redirect after login)."""
+    # Browsers read a backslash as "/" and drop tabs and newlines, so such a path can still mean //evil.test.
+    if not target.startswith("/") or "\\" in target or any(ord(c) < 0x21 or ord(c) == 0x7F for c in target):
+        return None
+    if target.startswith("//") or urlsplit(target).netloc:
+        return None
+    return target
+
+
 def token_required(view):
     """Decorate an API view: resolve the bearer token to `g.api_user` or answer 401."""
 
@@ -72,8 +83,7 @@ def login():
         if user is not None and user.check_password(request.form.get("password", "")):
             throttle.reset(username, request.remote_addr or "")
             login_user(user)
-            nxt = request.args.get("next", "")
-            return redirect(nxt if nxt.startswith("/") and not nxt.startswith("//") else url_for("pages.index"))
+            return redirect(safe_next(request.args.get("next", "")) or url_for("pages.index"))
         throttle.failed(username, request.remote_addr or "")
         flash("Unknown user or wrong password.", "danger")
         return render_template("login.html"), 401

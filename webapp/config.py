@@ -28,6 +28,8 @@ def from_env() -> dict:
         "FERRY_QUEUE": os.environ.get("FERRY_QUEUE", "ferry"),
         "FERRY_STAGE_TIMEOUT": int(os.environ.get("FERRY_STAGE_TIMEOUT", DEFAULT_STAGE_TIMEOUT)),
         "FERRY_RUN_RETENTION": int(os.environ.get("FERRY_RUN_RETENTION", DEFAULT_RUN_RETENTION)),
+        "FERRY_HEARTBEAT_TTL": int(os.environ.get("FERRY_HEARTBEAT_TTL", 45)),
+        "FERRY_REQUEUE_GRACE": int(os.environ.get("FERRY_REQUEUE_GRACE", 20)),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": os.environ.get("FERRY_HTTPS", "") == "1",

@@ -140,3 +140,9 @@ def _rollback_runs(release: Release) -> list[Run]:
             )
         )
     )
+
+
+def replay_command(run: Run) -> list[str]:
+    """Return the command ops type to replay a run by hand (`ansible-runner run <dir> -p <playbook>`)."""
+    playbook = "staging_update.yml" if run.stage == "staging" else "release.yml"
+    return ["ansible-runner", "run", run.run_dir, "-p", playbook]

@@ -74,10 +74,15 @@ class Host:
             args += ["-o", f"User={self._opt('remote_user')}"]
         args += ["-o", f"ConnectTimeout={self._opt('timeout') or 10}"]
         if not any(a.startswith("ControlPath=") for a in args) and any("ControlPersist" in a for a in args):
-            # Same socket as Ansible's own ssh: control_path (ansible.cfg uses %(directory)s/%%C) in control_path_dir.
+            # Same socket as Ansible's own ssh, built the way its ssh plugin builds it: control_path, or by
+            # default a 10-hex hash of host-port-user (short, so a long control_path_dir still fits the
+            # 108-byte unix socket limit, which %C's 40 hex characters overflowed).
             cpdir = os.path.expanduser(self._opt("control_path_dir") or "~/.ansible/cp")
             os.makedirs(cpdir, mode=0o700, exist_ok=True)
-            cp = self._opt("control_path") or "%(directory)s/%%C"
+            cp = self._opt("control_path")
+            make = getattr(type(self.action._connection), "_create_control_path", None)
+            if not cp:
+                cp = make(host, self._opt("port"), self._opt("remote_user")) if make else "%(directory)s/%%C"
             args += ["-o", "ControlPath=" + cp % {"directory": cpdir}]
         self.host = host
         return shlex.join(args)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 from flask import Flask, flash, jsonify, redirect, render_template, request
+from werkzeug.exceptions import HTTPException
 
 from ..errors import DomainError
 from ..extensions import csrf, db
-from . import admin, api, pages
+from . import admin, api, pages, runs
 
 
 def _handle_domain_error(e: DomainError):
@@ -18,6 +21,16 @@ def _handle_domain_error(e: DomainError):
     if request.method == "POST" and request.referrer:
         return redirect(request.referrer, code=303)
     return render_template("error.html", message=e.message), e.status
+
+
+def _handle_http_error(e: HTTPException):
+    """Answer HTTP errors under /api/ (413 body too large, 405, unknown route) in the one JSON shape."""
+    if not request.path.startswith("/api/"):
+        return e  # pages keep Werkzeug's own error pages
+    response = e.get_response()  # keeps headers such as Allow on a 405
+    response.set_data(json.dumps({"error": e.description or e.name}))
+    response.content_type = "application/json"
+    return response
 
 
 def _handle_500(e: Exception):
@@ -45,7 +58,9 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(pages.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(runs.bp)
     csrf.exempt(api.bp)  # the API authenticates with bearer tokens, never cookies
     app.register_error_handler(DomainError, _handle_domain_error)
+    app.register_error_handler(HTTPException, _handle_http_error)
     app.register_error_handler(500, _handle_500)
     app.after_request(_security_headers)

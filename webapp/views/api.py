@@ -5,18 +5,30 @@ from __future__ import annotations
 from flask import Blueprint, g, jsonify, request
 from sqlalchemy import select
 
-from .. import projects, releases, tickets, workflow
+from .. import projects, releases, runs, tickets, workflow
 from ..auth import token_required
 from ..dispatch import dispatch
 from ..errors import BadInput
 from ..extensions import db
 from ..models import Project, Ticket
-from ..serialize import project_json, release_json, ticket_json
+from ..serialize import project_json, release_json, replay_command, run_json, ticket_json
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 TICKET_FIELDS = {"project", "reason", "svn_paths", "svn_revision"}
 ACTION_FIELDS = {"comment", "reason", "svn_paths", "svn_revision", "expected_state"}
+ROLLBACK_FIELDS = {"project", "version", "reason"}
+# The JSON type of every field; null passes here and the services decide whether a field is required.
+# The API is stricter than the forms: svn_paths is a list, never the forms' newline-separated text.
+FIELD_TYPES: dict[str, tuple[type, str]] = {
+    "project": (str, "a string"),
+    "reason": (str, "a string"),
+    "comment": (str, "a string"),
+    "expected_state": (str, "a string"),
+    "svn_paths": (list, "a list of strings"),
+    "svn_revision": (int, "a positive integer or null"),
+    "version": (int, "an integer"),
+}
 
 
 def error_response(message: str, status: int):
@@ -34,6 +46,11 @@ def _body(allowed: set[str]) -> dict:
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise BadInput(f"{unknown[0]}: unknown field", unknown[0])
+    for field, value in data.items():
+        kind, described = FIELD_TYPES[field]
+        # bool is an int subclass in Python, but `true` is never a revision or a version.
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise BadInput(f"{field}: must be {described}", field)
     return data
 
 
@@ -107,9 +124,41 @@ def project_releases(name: str):
 @token_required
 def create_rollback():
     """File a rollback ticket to an earlier version."""
-    data = _body({"project", "version", "reason"})
+    data = _body(ROLLBACK_FIELDS)
     ticket = releases.create_rollback(
         db.session, data.get("project"), g.api_user, data.get("version"), data.get("reason")
     )
     db.session.commit()
     return jsonify(ticket_json(ticket, g.api_user)), 201
+
+
+@bp.get("/runs/<int:run_id>")
+@token_required
+def get_run(run_id: int):
+    """Return a run's status, hosts and log lines from `offset` (for following a live run)."""
+    run = runs.get_run(db.session, run_id, g.api_user)
+    offset = request.args.get("offset", "0")
+    if not offset.isdigit():
+        return error_response("offset: must be a non-negative integer", 400)
+    lines = runs.log_lines(run, int(offset))
+    data = run_json(run)
+    data.update(
+        ticket=run.ticket_id,
+        progress=runs.progress(run),
+        offset=int(offset),
+        next_offset=int(offset) + len(lines),
+        lines=lines,
+        replay=run.run_dir and " ".join(replay_command(run)),
+    )
+    return jsonify(data)
+
+
+@bp.post("/runs/<int:run_id>/cancel")
+@token_required
+def cancel_run(run_id: int):
+    """Cancel a queued or running run."""
+    _body(set())
+    run = runs.get_run(db.session, run_id, g.api_user)
+    runs.cancel(db.session, run, g.api_user)
+    db.session.commit()
+    return jsonify(run_json(run))

@@ -6,7 +6,7 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask_login import current_user, login_required
 from sqlalchemy import select
 
-from .. import releases, tickets, workflow
+from .. import releases, runs, tickets, workflow
 from ..dispatch import dispatch
 from ..extensions import db
 from ..models import Project, Ticket
@@ -97,12 +97,14 @@ def ticket_detail(ticket_id: int):
     """Show a ticket: state, buttons allowed now, staging URL, hosts, log and history."""
     ticket = tickets.get_ticket(db.session, ticket_id, current_user)
     actions = tickets.allowed_actions(ticket, current_user)
+    run = last_run(ticket)
     return render_template(
         "ticket.html",
         ticket=ticket,
         actions=actions,
         labels=ACTION_LABELS,
-        run=last_run(ticket),
+        run=run,
+        can_cancel=run is not None and runs.can_cancel(run, current_user),
         release_run=last_run(ticket, "release"),
         editable=State(ticket.state) in workflow.EDITABLE,
         changes=releases.preview(db.session, ticket) if ticket.state in CHANGE_STATES else None,

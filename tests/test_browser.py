@@ -1,0 +1,207 @@
+"""The whole release story in a real browser (Debian's Chromium), and the pages at laptop and phone widths."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.support.site import tree_of
+
+try:
+    from playwright.sync_api import expect
+except ImportError:  # the `chromium` fixture skips these tests (or fails them under CI) and says why
+    expect = None
+
+if TYPE_CHECKING:
+    from tests.support.browser import People, Person
+
+# The plugin owns the fixtures and the `browser` marker, which it puts (with `integration`) on every test using
+# them: a module-level pytest.mark.browser here would be read before the plugin is loaded (unknown mark).
+pytest_plugins = ["tests.support.browser"]
+HOSTS = ("web1", "web2", "web3")
+
+
+def nav(person: Person, link: str) -> None:
+    """Follow a navbar link, opening the collapsed menu first on narrow screens."""
+    target = person.page.locator("#nav").get_by_role("link", name=link, exact=True)
+    toggler = person.page.locator(".navbar-toggler")
+    if toggler.is_visible():
+        toggler.click()
+    target.click()
+    person.page.wait_for_load_state()
+
+
+def file_ticket(dev: Person, reason: str, paths: str) -> str:
+    """File a release ticket for project `site` through the New ticket form and return its page path."""
+    nav(dev, "New ticket")
+    dev.page.select_option("#project", "site")
+    dev.page.fill("#reason", reason)
+    dev.page.fill("#svn_paths", paths)
+    dev.page.get_by_role("button", name="File ticket").click()
+    dev.page.wait_for_url(re.compile(r".*/tickets/\d+$"))
+    expect(dev.page.locator(".flash")).to_contain_text("filed")
+    assert dev.state() == "pending_staging"
+    return dev.path
+
+
+def open_waiting(lead: Person, ticket_path: str) -> None:
+    """Open the ticket from the lead's "Waiting for me" list."""
+    nav(lead, "Waiting for me")
+    expect(lead.page.locator("h1")).to_have_text("Waiting for my approval")
+    lead.page.locator("#ticket-table").get_by_role("link", name="#" + ticket_path.rsplit("/", 1)[1]).click()
+    lead.page.wait_for_url(re.compile(re.escape(ticket_path) + "$"))
+
+
+def release(dev: Person, ticket_path: str, label: str) -> None:
+    """Press Release on the ticket page and reload until the run has finished and the ticket is released."""
+    dev.goto(ticket_path)
+    dev.press("release", "releasing")
+    expect(dev.page.locator("#run-status")).to_contain_text("release run")
+    dev.step(f"{label}-releasing")
+    dev.wait_for_state(ticket_path, "released")
+    for host in HOSTS:
+        status = dev.page.locator(f'#host-table tr[data-host="{host}"] .host-status')
+        expect(status).to_have_text(re.compile("^(ok|changed)$"))
+    dev.step(f"{label}-released")
+
+
+def ship(dev: Person, lead: Person, reason: str, paths: str, label: str) -> str:
+    """Take one ticket from filing to released through the pages; return its path."""
+    path = file_ticket(dev, reason, paths)
+    dev.wait_for_state(path, "testing")
+    dev.press("test-passed", "pending_approval")
+    open_waiting(lead, path)
+    lead.press("approve", "approved")
+    release(dev, path, label)
+    return path
+
+
+def assert_clean(person: Person) -> None:
+    """Assert no console errors, nothing fetched from elsewhere, and Bootstrap's files served by the app."""
+    person.check()
+    assert not person.foreign_requests(), f"{person.name}: requests leaving the app: {person.foreign_requests()}"
+    assets = person.loaded("stylesheet", "script")
+    assert {"bootstrap.min.css", "bootstrap.bundle.min.js", "ferry.css"} <= assets, assets
+
+
+def test_browser_walks_the_whole_story(people: People, world) -> None:
+    """Developer files, returns, resubmits, passes; lead approves; developer releases, then rolls back."""
+    dev, lead, other = people("dev"), people("lead"), people("other")
+
+    # Developer files a ticket and sees staging updated.
+    ticket = file_ticket(dev, "new about page", "about\nindex.html")
+    dev.step("filed")
+    dev.wait_for_state(ticket, "testing")
+    expect(dev.page.locator("#staging-url")).to_have_attribute("href", "http://staging.site.test/")
+    expect(dev.page.locator('form[data-action="test-passed"]')).to_be_visible()
+    expect(dev.page.locator('form[data-action="approve"]')).to_have_count(0)
+    dev.step("staging-updated")
+
+    # Someone from another project cannot see it; each context keeps its own login.
+    other.goto(ticket, status=404)
+    expect(other.page.locator("main")).to_contain_text("not found")
+    other.step("ticket-hidden")
+    other.goto("/tickets")
+    expect(other.page.locator("#ticket-table")).not_to_contain_text("new about page")
+
+    # Returned with a comment, fixed in svn, resubmitted, passed.
+    dev.goto(ticket)
+    dev.press("return", "returned", comment="typo on the about page")
+    dev.step("returned")
+    world.svn.commit({"about/index.html": "<p>about us</p>\n"}, "fix typo")
+    dev.press("resubmit", "pending_staging", svn_paths="about", svn_revision="")
+    dev.wait_for_state(ticket, "testing")
+    assert (world.staging_dir / "about/index.html").read_text() == "<p>about us</p>\n"
+    dev.step("resubmitted")
+    dev.press("test-passed", "pending_approval")
+    dev.step("test-passed")
+    nav(dev, "Waiting for me")
+    expect(dev.page.locator("#ticket-table")).not_to_contain_text("new about page")
+
+    # Lead finds it waiting, sees what changes, approves.
+    open_waiting(lead, ticket)
+    changes = lead.page.locator("#changes")
+    expect(changes).to_contain_text("What releasing this changes")
+    expect(changes).to_contain_text("about/index.html")
+    lead.step("sees-changes")
+    lead.press("approve", "approved", comment="ship it")
+    lead.step("approved")
+
+    # Developer releases; the run finishes and the hosts serve the staged tree.
+    release(dev, ticket, "v1")
+    expect(dev.page.locator("#ticket-version")).to_have_text("version 1")
+    expect(dev.page.locator("#history")).to_contain_text("ship it")
+    v1 = tree_of(world.staging_dir)
+    assert v1["about/index.html"][0] == b"<p>about us</p>\n"
+    for host in HOSTS:
+        assert tree_of(world.hosts.live_tree(host)) == v1, host
+
+    # A second release, so there is an earlier version to roll back to.
+    world.svn.commit({"index.html": "<h1>Hello v2</h1>\n"}, "v2 homepage")
+    ship(dev, lead, "new homepage", "index.html", "v2")
+    for host in HOSTS:
+        assert (world.hosts.live_tree(host) / "index.html").read_text() == "<h1>Hello v2</h1>\n", host
+
+    # Developer asks for a rollback from the project page; lead approves; developer executes it.
+    nav(dev, "Projects")
+    dev.page.get_by_role("link", name="site", exact=True).click()
+    expect(dev.page.locator("#live-version")).to_have_text("2")
+    row = dev.page.locator('#releases tr[data-version="1"]')
+    row.locator('input[name="reason"]').fill("the new homepage is broken")
+    dev.step("project-page")
+    row.get_by_role("button", name="Roll back to 1").click()
+    dev.page.wait_for_url(re.compile(r".*/tickets/\d+$"))
+    rollback = dev.path
+    assert dev.state() == "pending_approval"
+    dev.step("rollback-requested")
+    open_waiting(lead, rollback)
+    expect(lead.page.locator("#changes")).to_contain_text("What the rollback changes")
+    expect(lead.page.locator("#changes")).to_contain_text("index.html")
+    lead.press("approve", "approved")
+    lead.step("rollback-approved")
+    release(dev, rollback, "rollback")
+    for host in HOSTS:
+        assert tree_of(world.hosts.live_tree(host)) == v1, host
+    dev.goto("/projects/site")
+    expect(dev.page.locator("#live-version")).to_have_text("1")
+    expect(dev.page.locator('#releases tr[data-version="2"]')).to_contain_text("rolled back")
+    dev.step("rolled-back")
+
+    for person in (dev, lead, other):
+        assert_clean(person)
+
+
+@pytest.mark.parametrize("device", ["laptop", "phone"])
+def test_pages_fit_laptop_and_phone(people: People, device: str) -> None:
+    """Buttons and the ticket table are usable at the device's width, nothing overflows, and assets are local."""
+    dev, lead = people("dev", device), people("lead", device)
+
+    ticket = file_ticket(dev, "a reason long enough to need truncating in the ticket table " * 3, "about")
+    dev.wait_for_state(ticket, "testing")
+    assert dev.assert_clickable("#actions button") >= 3  # return, test passed, cancel
+    assert dev.overflow() == 0, f"ticket page overflows on a {device}"
+    dev.step("ticket")
+    dev.press("test-passed", "pending_approval")
+
+    lead.goto(ticket)
+    lead.assert_clickable("#actions button")  # approve, reject
+    lead.assert_clickable('#actions input[name="reason"]')
+    assert lead.overflow() == 0, f"lead's ticket page overflows on a {device}"
+    lead.step("approve-buttons")
+
+    nav(dev, "Tickets")
+    expect(dev.page.locator("#ticket-table")).to_be_visible()
+    dev.assert_clickable("#ticket-table tbody a")
+    dev.step("ticket-list")
+    for path in ("/tickets", "/tickets?waiting=me", "/tickets/new", "/projects", "/projects/site", ticket, "/profile"):
+        dev.goto(path)
+        assert dev.overflow() == 0, f"{path} overflows on a {device}"
+    # Bootstrap is applied, not just fetched: the primary button has its blue.
+    dev.goto("/tickets")
+    color = dev.page.locator(".btn-primary").first.evaluate("b => getComputedStyle(b).backgroundColor")
+    assert color == "rgb(13, 110, 253)", color
+
+    for person in (dev, lead):
+        assert_clean(person)

@@ -1,0 +1,409 @@
+"""Who may do what, through the real JSON API: every action × role × state, with exact status codes.
+
+Tickets are forced into each state directly in the database (no workers), and every refusal is checked
+to change nothing: ticket state, history rows, runs, and the RQ queue in Redis. The expected codes come
+from the tables below, written from the spec, not from `workflow` (so a state machine bug shows here).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from redis import Redis
+from rq import Queue
+from sqlalchemy import func, select
+
+from tests.conftest import PASSWORD
+from webapp import projects as svc
+from webapp.extensions import db
+from webapp.models import Release, Run, Ticket, TicketEvent
+
+pytestmark = pytest.mark.integration
+
+RELEASE, ROLLBACK = "release", "rollback"
+ACTIONS = ("return", "resubmit", "test-passed", "approve", "reject", "release", "retry", "cancel")
+STATES = (
+    "pending_staging",
+    "staging_updating",
+    "staging_failed",
+    "testing",
+    "returned",
+    "pending_approval",
+    "rejected",
+    "approved",
+    "releasing",
+    "release_failed",
+    "released",
+    "cancelled",
+)
+# A rollback ticket starts waiting for approval, so it never sees the staging states.
+ROLLBACK_STATES = ("pending_approval", "rejected", "approved", "releasing", "release_failed", "released", "cancelled")
+CANCELLABLE = ("pending_approval", "rejected", "approved", "release_failed")
+
+# action -> kind -> {from state: to state}: the spec of the ticket life cycle.
+MOVES: dict[str, dict[str, dict[str, str]]] = {
+    "return": {RELEASE: {"testing": "returned"}, ROLLBACK: {}},
+    "resubmit": {
+        RELEASE: {"returned": "pending_staging", "staging_failed": "pending_staging", "rejected": "pending_staging"},
+        ROLLBACK: {"rejected": "pending_approval"},
+    },
+    "test-passed": {RELEASE: {"testing": "pending_approval"}, ROLLBACK: {}},
+    "approve": {RELEASE: {"pending_approval": "approved"}, ROLLBACK: {"pending_approval": "approved"}},
+    "reject": {RELEASE: {"pending_approval": "rejected"}, ROLLBACK: {"pending_approval": "rejected"}},
+    "release": {RELEASE: {"approved": "releasing"}, ROLLBACK: {"approved": "releasing"}},
+    "retry": {RELEASE: {"release_failed": "releasing"}, ROLLBACK: {"release_failed": "releasing"}},
+    "cancel": {
+        RELEASE: dict.fromkeys(("pending_staging", "staging_failed", "testing", "returned", *CANCELLABLE), "cancelled"),
+        ROLLBACK: dict.fromkeys(CANCELLABLE, "cancelled"),
+    },
+}
+QUEUEING = {"pending_staging", "releasing"}  # moving there records a run and enqueues a job
+
+# Roles seen from project `site`, whose tickets dev files; value: the world user (None: no valid token).
+ROLES = {
+    "anonymous": None,
+    "bad-token": None,
+    "author": "dev",
+    "developer": "dev2",
+    "lead": "lead",
+    "lead-elsewhere": "lead2",
+    "developer-elsewhere": "other",
+    "admin": "admin",
+}
+MEMBERS = {"author", "developer", "lead", "admin"}  # who can see project `site`
+OWNER_SIDE = {"author", "lead", "admin"}  # return, resubmit, test-passed, release, retry, cancel
+APPROVER_SIDE = {"lead", "admin"}  # approve, reject (never the author, unless the project allows it)
+FAKE_COMMIT = "f" * 40
+
+
+def expected(role: str, action: str, kind: str, state: str) -> int:
+    """Return the status code the spec gives for `role` firing `action` on a `kind` ticket in `state`."""
+    if ROLES[role] is None:
+        return 401
+    if role not in MEMBERS:
+        return 404  # a ticket of a project you cannot see does not exist for you
+    side = APPROVER_SIDE if action in ("approve", "reject") else OWNER_SIDE
+    if role not in side:
+        return 403
+    if state not in MOVES[action][kind]:
+        return 409
+    return 200
+
+
+def headers(world, role: str) -> dict:
+    """Return the API headers of a role (none for anonymous, a made-up token for bad-token)."""
+    if role == "anonymous":
+        return {}
+    if role == "bad-token":
+        return {"Authorization": "Bearer fry_not-a-real-token"}
+    return world.headers(ROLES[role])
+
+
+_queues: dict[str, Queue] = {}
+
+
+def queue_length(app) -> int:
+    """Return how many jobs wait in Ferry's RQ queue (Redis), over one connection per test run."""
+    url = app.config["REDIS_URL"]
+    if url not in _queues:
+        _queues[url] = Queue(app.config["FERRY_QUEUE"], connection=Redis.from_url(url))
+    return _queues[url].count
+
+
+def snapshot(app, ticket: Ticket | None = None) -> dict:
+    """Return what a refused request must leave alone (read with plain SQL: no ORM caching in the way)."""
+    count = select(func.count())
+    events, runs, tickets = db.session.execute(
+        select(
+            count.select_from(TicketEvent).scalar_subquery(),
+            count.select_from(Run).scalar_subquery(),
+            count.select_from(Ticket).scalar_subquery(),
+        )
+    ).one()
+    counts = {"events": events, "runs": runs, "tickets": tickets, "queue": queue_length(app)}
+    if ticket is not None:
+        row = db.session.execute(
+            select(Ticket.state, Ticket.updated_at, Ticket.tested_commit, Ticket.approved_by_id).where(
+                Ticket.id == ticket.id
+            )
+        ).one()
+        counts.update(state=row.state, updated_at=row.updated_at, tested=row.tested_commit, approver=row.approved_by_id)
+    return counts
+
+
+def event_rows() -> dict[int, tuple]:
+    """Return every history row by id, to prove that rows are only ever added."""
+    rows = db.session.execute(select(TicketEvent.__table__)).all()
+    return {r.id: tuple(r) for r in rows}
+
+
+def force(ticket: Ticket, state: str, lead_id: int) -> None:
+    """Put `ticket` in `state` with the fields a ticket in that state has, as the workers would have left it."""
+    staged = state not in ("pending_staging", "staging_updating", "staging_failed")
+    tested = state in ("pending_approval", "rejected", "approved", "releasing", "release_failed", "released")
+    ticket.state = state
+    if ticket.kind == RELEASE:
+        ticket.staging_commit = FAKE_COMMIT if staged else None
+        ticket.staging_revision = 1 if staged else None
+        ticket.tested_commit = FAKE_COMMIT if tested else None
+    ticket.approved_by_id = lead_id if state in ("approved", "releasing", "release_failed", "released") else None
+    ticket.last_error = "hosts failed" if state in ("staging_failed", "release_failed") else ""
+    db.session.commit()
+
+
+def make_ticket(kind: str, author: str = "dev", project: str = "site") -> Ticket:
+    """Insert a ticket (and its filing history row) directly, without queueing anything."""
+    user = svc.get_user(db.session, author)
+    ticket = Ticket(
+        project=svc.get_project(db.session, project),
+        kind=kind,
+        state="pending_staging" if kind == RELEASE else "pending_approval",
+        reason=f"{kind} by {author}",
+        svn_paths=[],
+        version=1 if kind == ROLLBACK else None,
+        tested_commit=FAKE_COMMIT if kind == ROLLBACK else None,
+        author=user,
+    )
+    db.session.add(ticket)
+    db.session.flush()
+    db.session.add(TicketEvent(ticket_id=ticket.id, action="file", to_state=ticket.state, user_id=user.id))
+    db.session.commit()
+    return ticket
+
+
+def body_for(action: str, role: str) -> dict:
+    """Return the JSON body a client sends with `action` (reject needs a reason)."""
+    return {"reason": f"no ({role})"} if action == "reject" else {"comment": f"{action} by {role}"}
+
+
+def cases() -> list[tuple[str, str]]:
+    """Return every (kind, state) a ticket can be in."""
+    return [(RELEASE, s) for s in STATES] + [(ROLLBACK, s) for s in ROLLBACK_STATES]
+
+
+def test_action_matrix(app, client, world):
+    """Every action × role × (kind, state): exact code; refusals change nothing; successes move as specified."""
+    lead_id = svc.get_user(db.session, "lead").id
+    tickets = {kind: make_ticket(kind) for kind in (RELEASE, ROLLBACK)}
+    before_events = event_rows()
+    wrong: list[str] = []
+    checked = 0
+    for kind, state in cases():
+        ticket = tickets[kind]
+        now = None
+        for action in ACTIONS:
+            for role in ROLES:
+                if now != state:  # only a success moves the ticket on; refusals leave it as it was
+                    force(ticket, state, lead_id)
+                before = snapshot(app, ticket)
+                r = client.post(
+                    f"/api/tickets/{ticket.id}/{action}", json=body_for(action, role), headers=headers(world, role)
+                )
+                want = expected(role, action, kind, state)
+                checked += 1
+                where = f"{role} {action} {kind}/{state}"
+                if r.status_code != want:
+                    wrong.append(f"{where}: got {r.status_code}, want {want}: {r.get_json()}")
+                    continue
+                assert r.is_json and isinstance(r.get_json(), dict)
+                after = snapshot(app, ticket)
+                now = after["state"]
+                if want != 200:
+                    assert "error" in r.get_json(), where
+                    if after != before:
+                        wrong.append(f"{where}: refused with {want} but changed {before} -> {after}")
+                    continue
+                to = MOVES[action][kind][state]
+                queued = 1 if to in QUEUEING else 0
+                grew = {k: after[k] - before[k] for k in ("events", "runs", "queue", "tickets")}
+                if after["state"] != to or r.get_json()["state"] != to:
+                    wrong.append(f"{where}: now {after['state']}, want {to}")
+                if grew != {"events": 1, "runs": queued, "queue": queued, "tickets": 0}:
+                    wrong.append(f"{where}: rows/jobs added {grew}")
+                last = db.session.scalars(
+                    select(TicketEvent).where(TicketEvent.ticket_id == ticket.id).order_by(TicketEvent.id.desc())
+                ).first()
+                if (last.action, last.from_state, last.to_state, last.user.username) != (
+                    action,
+                    state,
+                    to,
+                    ROLES[role],
+                ):
+                    wrong.append(f"{where}: history row {last.action} {last.from_state}->{last.to_state}")
+    assert not wrong, f"{len(wrong)} of {checked} cases wrong:\n" + "\n".join(wrong)
+    assert checked == len(ACTIONS) * len(ROLES) * len(cases())
+    # The history only grew: every row that existed before is untouched.
+    after_events = event_rows()
+    assert {k: after_events[k] for k in before_events} == before_events
+
+
+def test_read_matrix_and_buttons(app, client, world):
+    """Reading a ticket: 200 for members, 404 for others, 401 without a token; `allowed_actions` follows the spec."""
+    lead_id = svc.get_user(db.session, "lead").id
+    tickets = {kind: make_ticket(kind) for kind in (RELEASE, ROLLBACK)}
+    wrong = []
+    for kind, state in cases():
+        force(tickets[kind], state, lead_id)
+        before = snapshot(app, tickets[kind])
+        for role in ROLES:
+            r = client.get(f"/api/tickets/{tickets[kind].id}", headers=headers(world, role))
+            want = 401 if ROLES[role] is None else 200 if role in MEMBERS else 404
+            if r.status_code != want:
+                wrong.append(f"{role} read {kind}/{state}: got {r.status_code}, want {want}")
+            elif want == 200:
+                allowed = {a for a in ACTIONS if expected(role, a, kind, state) == 200}
+                if set(r.get_json()["allowed_actions"]) != allowed:
+                    wrong.append(f"{role} {kind}/{state}: buttons {r.get_json()['allowed_actions']}, want {allowed}")
+        assert snapshot(app, tickets[kind]) == before
+    assert client.get("/api/tickets/99999", headers=world.headers("admin")).status_code == 404
+    assert not wrong, "\n".join(wrong)
+
+
+def test_filing_matrix(app, client, world):
+    """Filing a release ticket: members of the project (and admins) 201, others 404, no token 401."""
+    wrong = []
+    for project in ("site", "elsewhere", "no-such-project"):
+        for role, user in ROLES.items():
+            before = snapshot(app)
+            body = {"project": project, "reason": f"filed by {role}", "svn_paths": ["index.html"]}
+            r = client.post("/api/tickets", json=body, headers=headers(world, role))
+            members = {"site": MEMBERS, "elsewhere": {"lead-elsewhere", "developer-elsewhere", "admin"}}
+            want = 401 if user is None else 201 if role in members.get(project, ()) else 404
+            after = snapshot(app)
+            if r.status_code != want:
+                wrong.append(f"{role} files on {project}: got {r.status_code}, want {want}")
+            elif want == 201:
+                t = r.get_json()
+                assert (t["state"], t["author"], t["project"]) == ("pending_staging", user, project)
+                grew = {k: after[k] - before[k] for k in before}
+                assert grew == {"events": 1, "runs": 1, "tickets": 1, "queue": 1}, (role, project, grew)
+            elif after != before:
+                wrong.append(f"{role} files on {project}: refused but changed {before} -> {after}")
+    assert not wrong, "\n".join(wrong)
+
+
+def add_release(project_name: str, version: int) -> None:
+    """Record a released version directly (rollback targets), with its released ticket."""
+    ticket = make_ticket(RELEASE, project=project_name)
+    ticket.state, ticket.version, ticket.tested_commit = "released", version, f"{version:040d}"
+    project = svc.get_project(db.session, project_name)
+    db.session.add(Release(project_id=project.id, version=version, commit=ticket.tested_commit, ticket_id=ticket.id))
+    project.live_version = version
+    db.session.commit()
+
+
+def test_rollback_filing_and_release_list_matrix(app, client, world):
+    """Rollback requests and the release history: members only; rolling back to the live version is 409."""
+    add_release("site", 1)
+    add_release("site", 2)  # live
+    wrong = []
+    for role, user in ROLES.items():
+        member = user is not None and role in MEMBERS
+        for version, member_code in ((1, 201), (2, 409), (99, 404)):
+            before = snapshot(app)
+            body = {"project": "site", "version": version, "reason": f"back to {version} by {role}"}
+            r = client.post("/api/rollbacks", json=body, headers=headers(world, role))
+            want = 401 if user is None else member_code if member else 404
+            after = snapshot(app)
+            if r.status_code != want:
+                wrong.append(f"{role} rolls back to {version}: got {r.status_code}, want {want}: {r.get_json()}")
+            elif want == 201:
+                t = r.get_json()
+                assert (t["kind"], t["state"], t["version"], t["author"]) == ("rollback", "pending_approval", 1, user)
+                grew = {k: after[k] - before[k] for k in before}
+                assert grew == {"events": 1, "runs": 0, "tickets": 1, "queue": 0}, (role, grew)
+            elif after != before:
+                wrong.append(f"{role} rolls back to {version}: refused but changed {before} -> {after}")
+        for project, visible in (("site", member), ("elsewhere", role in ("lead-elsewhere", "developer-elsewhere"))):
+            r = client.get(f"/api/projects/{project}/releases", headers=headers(world, role))
+            want = 401 if user is None else 200 if visible or role == "admin" else 404
+            if r.status_code != want:
+                wrong.append(f"{role} lists releases of {project}: got {r.status_code}, want {want}")
+            elif project == "site" and want == 200:
+                assert [v["version"] for v in r.get_json()] == [2, 1]
+                assert [v["live"] for v in r.get_json()] == [True, False]
+        r = client.get("/api/projects/nope/releases", headers=headers(world, role))
+        if r.status_code != (401 if user is None else 404):
+            wrong.append(f"{role} lists releases of an unknown project: got {r.status_code}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_self_approval(app, client, world):
+    """A lead may not approve or reject their own ticket unless the project allows it; an admin overrides, on record."""
+    lead_id = svc.get_user(db.session, "lead").id
+    own = make_ticket(RELEASE, author="lead")
+    force(own, "pending_approval", lead_id)
+    for action, body in (("approve", {}), ("reject", {"reason": "mine"})):
+        before = snapshot(app, own)
+        r = client.post(f"/api/tickets/{own.id}/{action}", json=body, headers=world.headers("lead"))
+        assert r.status_code == 403 and "own ticket" in r.get_json()["error"]
+        assert snapshot(app, own) == before
+    assert (
+        "approve"
+        not in client.get(f"/api/tickets/{own.id}", headers=world.headers("lead")).get_json()["allowed_actions"]
+    )
+
+    world.project.allow_self_approval = True
+    db.session.commit()
+    r = client.post(f"/api/tickets/{own.id}/approve", json={"comment": "mine, allowed"}, headers=world.headers("lead"))
+    assert r.status_code == 200 and r.get_json()["state"] == "approved"
+    assert r.get_json()["approved_by"] == "lead"
+    assert "override" not in r.get_json()["history"][-1]["comment"]
+    # The setting lets leads approve their own work; it does not make a developer an approver.
+    dev_own = make_ticket(RELEASE, author="dev")
+    force(dev_own, "pending_approval", lead_id)
+    assert client.post(f"/api/tickets/{dev_own.id}/approve", headers=world.headers("dev")).status_code == 403
+
+    world.project.allow_self_approval = False
+    db.session.commit()
+    admins = make_ticket(RELEASE, author="admin")
+    force(admins, "pending_approval", lead_id)
+    r = client.post(f"/api/tickets/{admins.id}/approve", json={"comment": "hotfix"}, headers=world.headers("admin"))
+    assert r.status_code == 200 and r.get_json()["state"] == "approved"
+    last = r.get_json()["history"][-1]
+    assert (last["action"], last["user"]) == ("approve", "admin")
+    assert "admin override" in last["comment"] and "hotfix" in last["comment"]
+
+
+def login(app, username: str):
+    """Return a test client logged in through the login form."""
+    c = app.test_client()
+    assert c.post("/login", data={"username": username, "password": PASSWORD}).status_code == 302
+    return c
+
+
+def ticket_ids(page: str) -> set[int]:
+    """Return the ticket ids a page links to."""
+    return {int(n) for n in re.findall(r'href="/tickets/(\d+)"', page)}
+
+
+def test_users_see_only_their_projects(app, client, world):
+    """/api/projects, /api/tickets, /projects and /tickets show a user's projects only; admins see all."""
+    site = make_ticket(RELEASE, project="site")
+    elsewhere = make_ticket(RELEASE, author="other", project="elsewhere")
+    sees = {
+        "dev": ({"site"}, {site.id}),
+        "lead": ({"site"}, {site.id}),
+        "other": ({"elsewhere"}, {elsewhere.id}),
+        "lead2": ({"elsewhere"}, {elsewhere.id}),
+        "admin": ({"site", "elsewhere"}, {site.id, elsewhere.id}),
+    }
+    for user, (projects, tickets) in sees.items():
+        h = world.headers(user)
+        assert {p["name"] for p in client.get("/api/projects", headers=h).get_json()} == projects, user
+        assert {t["id"] for t in client.get("/api/tickets", headers=h).get_json()} == tickets, user
+        for name in ("site", "elsewhere"):
+            listed = client.get(f"/api/tickets?project={name}", headers=h).get_json()
+            assert {t["project"] for t in listed} == ({name} if name in projects else set()), (user, name)
+        c = login(app, user)
+        page = c.get("/projects").get_data(as_text=True)
+        assert set(re.findall(r'href="/projects/([a-z0-9_-]+)"', page)) == projects, user
+        assert ticket_ids(c.get("/tickets").get_data(as_text=True)) == tickets, user
+        for name in ("site", "elsewhere"):
+            assert ticket_ids(c.get(f"/tickets?project={name}").get_data(as_text=True)) <= tickets, user
+            assert c.get(f"/projects/{name}").status_code == (200 if name in projects else 404), (user, name)
+        new_form = c.get("/tickets/new").get_data(as_text=True)
+        assert set(re.findall(r'<option value="([a-z0-9_-]+)"', new_form)) == projects, user
+    for user in ("dev", "lead", "admin"):
+        assert client.get("/api/tickets", headers=world.headers(user)).status_code == 200

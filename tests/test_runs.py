@@ -1,0 +1,246 @@
+"""Runs you can watch, stop, replay and trust: live log, cancel, timeout, locks, crash recovery, replay."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from sqlalchemy import select
+
+from jobs.reconcile import reconcile
+from tests.support.flow import Flow
+from tests.support.workers import ansible_processes, kill_worker, start_worker, stop_worker, wait_for
+from webapp.extensions import db
+from webapp.models import Run, Ticket
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def flow(client, world):
+    """Return API shortcuts for the world."""
+    return Flow(client, world)
+
+
+def run_of(tid: int, stage: str) -> Run | None:
+    """Return the newest run of a stage for a ticket."""
+    return db.session.scalar(select(Run).where(Run.ticket_id == tid, Run.stage == stage).order_by(Run.id.desc()))
+
+
+def approved_with_sleep_hook(flow, world, seconds: int = 30) -> int:
+    """Return an approved ticket of a project whose release runs a hook that sleeps on every host."""
+    world.project.hook_tasks = "hooks/sleep.yml"
+    db.session.commit()
+    tid = flow.staged(reason="slow release")
+    flow.approve(tid)
+    return tid
+
+
+def test_log_lines_and_host_progress_live_and_after_redis_flush(flow, world, client, app):
+    """A run's log and per-host results are in the API; after Redis is flushed they come from the DB."""
+    t = flow.ship({"index.html": "<h1>two</h1>\n"}, "two")
+    run = run_of(t["id"], "release")
+    body = client.get(f"/api/runs/{run.id}", headers=world.headers("dev")).get_json()
+    assert body["status"] == "successful"
+    assert any("Stage release" in e["line"] for e in body["lines"])
+    assert {h for h in body["progress"]} == {"web1", "web2", "web3"}
+    tail = client.get(f"/api/runs/{run.id}?offset={body['next_offset'] - 2}", headers=world.headers("dev")).get_json()
+    assert tail["lines"] == body["lines"][-2:]
+    Redis.from_url(app.config["REDIS_URL"]).flushdb()
+    after = client.get(f"/api/runs/{run.id}", headers=world.headers("dev")).get_json()
+    assert [e["line"] for e in after["lines"]] == [e["line"] for e in body["lines"]]
+    assert client.get(f"/api/runs/{run.id}", headers=world.headers("other")).status_code == 404
+
+
+def test_event_stream_replays_then_ends(flow, world, app):
+    """The page's SSE endpoint replays a finished run's log from the start and then says it ended."""
+    tid = flow.staged(reason="sse")
+    run = run_of(tid, "staging")
+    c = app.test_client()
+    c.post("/login", data={"username": "dev", "password": "correct-horse-battery"})
+    body = c.get(f"/runs/{run.id}/events").get_data(as_text=True)
+    events = [block for block in body.split("\n\n") if block]
+    assert events[-1].startswith("event: end")
+    lines = [json.loads(b.split("data: ", 1)[1])["line"] for b in events if b.startswith("id:") or "event: line" in b]
+    assert any("Svn update and snapshot commit" in line for line in lines)
+    assert '"successful"' in events[-1]
+
+
+def test_cancel_a_running_release_stops_ansible_and_fails_the_ticket(flow, world, app, tmp_path):
+    """Cancel during a release: run canceled, ticket release_failed (retryable), no ansible/rsync left."""
+    tid = approved_with_sleep_hook(flow, world)
+    flow.act(tid, "release")
+    worker = start_worker(app, tmp_path / "worker.log", burst=True)
+    try:
+        wait_for(lambda: (r := run_of(tid, "release")) and r.status == "running", what="release running")
+        wait_for(lambda: ansible_processes(str(tmp_path)), what="ansible running")
+        r = flow.client.post(f"/api/runs/{run_of(tid, 'release').id}/cancel", headers=world.headers("dev2"))
+        assert r.status_code == 403  # neither who started it nor a lead
+        started = time.monotonic()
+        r = flow.client.post(f"/api/runs/{run_of(tid, 'release').id}/cancel", headers=world.headers("lead"))
+        assert r.status_code == 200
+        wait_for(lambda: run_of(tid, "release").status == "canceled", timeout=30, what="run canceled")
+        elapsed = time.monotonic() - started
+        worker.wait(timeout=30)
+    finally:
+        stop_worker(worker)
+    assert elapsed < 15
+    t = flow.get(tid)
+    assert t["state"] == "release_failed" and "canceled" in t["last_error"]
+    assert "retry" in t["allowed_actions"]
+    time.sleep(0.5)
+    assert ansible_processes(str(tmp_path)) == []
+
+
+def test_stage_timeout_fails_the_run(flow, world, app):
+    """A release that outlives the project's stage timeout ends as timeout and release_failed."""
+    world.project.stage_timeout = 4
+    tid = approved_with_sleep_hook(flow, world)
+    t = flow.release(tid)
+    assert t["state"] == "release_failed"
+    assert "timed out" in t["last_error"]
+    assert run_of(tid, "release").status == "timeout"
+
+
+def test_second_release_of_a_project_waits_for_the_lock_other_project_runs_in_parallel(flow, world, app, tmp_path):
+    """Two workers: a second release of the same project waits (the run says for what); releases of two projects overlap."""
+    world.project.hook_tasks = "hooks/sleep.yml"
+    db.session.commit()
+    first = approved_with_sleep_hook(flow, world)
+    world.svn.commit({"b.html": "B\n"}, "B")
+    second = flow.staged(reason="second")
+    flow.approve(second)
+    flow.act(first, "release")
+    flow.act(second, "release")
+    workers = [start_worker(app, tmp_path / f"w{i}.log") for i in range(2)]
+    try:
+        waiting = wait_for(
+            lambda: db.session.scalar(select(Run).where(Run.waiting_for != "", Run.stage == "release")),
+            timeout=60,
+            what="a run waiting for the release lock",
+        )
+        assert "release run #" in waiting.waiting_for
+        r = flow.client.get(f"/tickets/{waiting.ticket_id}")  # anonymous client: just prove the API says it too
+        body = flow.client.get(f"/api/tickets/{waiting.ticket_id}", headers=world.headers("dev")).get_json()
+        assert "release run #" in body["last_run"]["waiting_for"]
+        del r
+        # Cancel the holder so the waiting one proceeds.
+        holder = db.session.scalar(
+            select(Run).where(Run.status == "running", Run.waiting_for == "", Run.stage == "release")
+        )
+        flow.client.post(f"/api/runs/{holder.id}/cancel", headers=world.headers("lead"))
+        wait_for(
+            lambda: (
+                db.session.get(Run, waiting.id).status in ("canceled", "successful", "failed", "timeout")
+                or db.session.get(Run, waiting.id).waiting_for == ""
+            ),
+            timeout=60,
+            what="waiter proceeds",
+        )
+    finally:
+        for w in workers:
+            stop_worker(w)
+
+
+def test_worker_killed_mid_staging_update_is_reconciled_and_resubmit_completes(flow, world, app, tmp_path):
+    """SIGKILL of the worker during a staging update: reconciler marks it lost, ticket staging_failed, resubmit works."""
+    app.config["FERRY_HEARTBEAT_TTL"] = 2
+    tid = flow.file(reason="crash me")
+    worker = start_worker(app, tmp_path / "worker.log")
+    wait_for(lambda: (r := run_of(tid, "staging")) and r.status == "running", what="staging running")
+    kill_worker(worker)
+    time.sleep(2.5)
+    db.session.expire_all()
+    db.session.commit()
+    assert reconcile()["lost"] == 1, (run_of(tid, "staging").status, (tmp_path / "worker.log").read_text()[-3000:])
+    db.session.expire_all()
+    run = run_of(tid, "staging")
+    assert run.status == "lost" and "worker lost" in run.error
+    t = flow.get(tid)
+    assert t["state"] == "staging_failed" and "worker lost" in t["last_error"]
+    assert ansible_processes(str(tmp_path)) == []
+    flow.act(tid, "resubmit")
+    world.work()
+    assert flow.get(tid)["state"] == "testing"
+
+
+def test_worker_killed_mid_release_is_reconciled_and_retry_completes(flow, world, app, tmp_path):
+    """SIGKILL of the worker during a release: run lost, ticket release_failed, lock freed, retry releases."""
+    app.config["FERRY_HEARTBEAT_TTL"] = 2
+    tid = approved_with_sleep_hook(flow, world, 30)
+    flow.act(tid, "release")
+    worker = start_worker(app, tmp_path / "worker.log")
+    wait_for(lambda: ansible_processes(str(tmp_path)), what="ansible running")
+    kill_worker(worker)
+    time.sleep(2.5)
+    assert reconcile()["lost"] == 1
+    assert ansible_processes(str(tmp_path)) == []  # the orphaned ansible-playbook was stopped
+    t = flow.get(tid)
+    assert t["state"] == "release_failed" and "worker lost" in t["last_error"]
+    world.project.hook_tasks = ""
+    db.session.commit()
+    flow.act(tid, "retry")
+    world.work()
+    t = flow.get(tid)
+    assert t["state"] == "released", t["last_error"]
+
+
+def test_redis_flushed_mid_run_still_completes_and_queued_runs_are_requeued(flow, world, app, tmp_path):
+    """Flushing Redis under a running release does not lose it; runs whose queue entry vanished are re-enqueued."""
+    app.config["FERRY_REQUEUE_GRACE"] = 0
+    tid = approved_with_sleep_hook(flow, world, 3)
+    flow.act(tid, "release")
+    queued = flow.file(reason="queued behind")
+    worker = start_worker(app, tmp_path / "worker.log")
+    try:
+        wait_for(lambda: (r := run_of(tid, "release")) and r.status == "running", what="release running")
+        Redis.from_url(app.config["REDIS_URL"]).flushdb()  # the queued staging job disappears with it
+        wait_for(lambda: run_of(tid, "release").status != "running", timeout=60, what="release ends")
+        assert flow.get(tid)["state"] == "released"
+        assert run_of(queued, "staging").status == "queued"
+        assert reconcile()["requeued"] == 1
+        wait_for(lambda: run_of(queued, "staging").status == "successful", timeout=60, what="requeued run done")
+    finally:
+        stop_worker(worker)
+    assert flow.get(queued)["state"] == "testing"
+
+
+def test_enqueue_failure_is_repaired_by_the_reconciler(flow, world, app):
+    """Redis down at filing: the ticket is still filed (run queued); the reconciler enqueues it later."""
+    app.config["FERRY_REQUEUE_GRACE"] = 0
+    good = app.config["REDIS_URL"]
+    app.config["REDIS_URL"] = "redis://127.0.0.1:1/0"  # nothing listens there
+    tid = flow.file(reason="redis down")
+    app.config["REDIS_URL"] = good
+    assert run_of(tid, "staging").rq_job_id == ""
+    assert reconcile()["requeued"] == 1
+    world.work()
+    assert flow.get(tid)["state"] == "testing"
+
+
+def test_replay_cli_records_a_new_run_and_old_run_dirs_are_pruned(flow, world, app):
+    """`flask runs replay` repeats a release from its run dir as a new run; retention prunes old run dirs."""
+    t = flow.ship({"index.html": "<h1>two</h1>\n"}, "two")
+    run = run_of(t["id"], "release")
+    assert (Path(run.run_dir) / "env" / "extravars").is_file()
+    (world.hosts.roots["web1"] / "current" / "index.html").write_text("tampered\n")
+    runner = app.test_cli_runner()
+    r = runner.invoke(args=["runs", "replay", str(run.id), "--limit", "web1"])
+    assert r.exit_code == 0, r.output
+    assert "successful" in r.output
+    assert (world.hosts.roots["web1"] / "current" / "index.html").read_text() == "<h1>two</h1>\n"
+    new = db.session.scalar(select(Run).order_by(Run.id.desc()))
+    assert new.id != run.id and [h.host for h in new.hosts] == ["web1"]
+    assert "replayed run" in db.session.get(Ticket, t["id"]).history[-1].comment
+    r = runner.invoke(args=["runs", "show", str(run.id)])
+    assert "ansible-runner run" in r.output and str(run.run_dir) in r.output
+    assert f"#{new.id}" in runner.invoke(args=["runs", "list"]).output
+    app.config["FERRY_RUN_RETENTION"] = 1
+    flow.ship({"index.html": "<h1>three</h1>\n"}, "three")
+    db.session.expire_all()
+    dirs = [r.run_dir for r in db.session.scalars(select(Run).order_by(Run.id))]
+    assert dirs[-1] and not any(dirs[:-1])
+    assert sorted(p.name for p in (Path(app.config["FERRY_DATA_DIR"]) / "runs").iterdir()) == [str(new.id + 2)]
