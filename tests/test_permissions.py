@@ -182,86 +182,79 @@ def cases() -> list[tuple[str, str]]:
     return [(RELEASE, s) for s in STATES] + [(ROLLBACK, s) for s in ROLLBACK_STATES]
 
 
-def test_action_matrix(app, client, world):
-    """Every action × role × (kind, state): exact code; refusals change nothing; successes move as specified."""
+def fire(app, client, world, ticket: Ticket, kind: str, state: str, action: str, role: str) -> tuple[str, list[str]]:
+    """Fire one action as one role on a ticket in `state`; return the state it is in after, and what was wrong."""
+    where = f"{role} {action} {kind}/{state}"
+    before = snapshot(app, ticket)
+    r = client.post(f"/api/tickets/{ticket.id}/{action}", json=body_for(action, role), headers=headers(world, role))
+    after = snapshot(app, ticket)
+    want = expected(role, action, kind, state)
+    if r.status_code != want:
+        return after["state"], [f"{where}: got {r.status_code}, want {want}: {r.get_json()}"]
+    if want != 200:
+        if not (r.is_json and "error" in r.get_json()):
+            return after["state"], [f"{where}: {want} without the JSON error shape"]
+        return after["state"], [] if after == before else [f"{where}: refused but changed {before} -> {after}"]
+    to = MOVES[action][kind][state]
+    queued = 1 if to in QUEUEING else 0
+    wrong = []
+    if after["state"] != to or r.get_json()["state"] != to:
+        wrong.append(f"{where}: now {after['state']}, want {to}")
+    grew = {k: after[k] - before[k] for k in ("events", "runs", "queue", "tickets")}
+    if grew != {"events": 1, "runs": queued, "queue": queued, "tickets": 0}:
+        wrong.append(f"{where}: rows/jobs added {grew}")
+    last = r.get_json()["history"][-1]
+    if (last["action"], last["from"], last["to"], last["user"]) != (action, state, to, ROLES[role]):
+        wrong.append(f"{where}: history row {last}")
+    return after["state"], wrong
+
+
+def read(client, world, ticket: Ticket, kind: str, state: str, role: str) -> list[str]:
+    """Read a ticket as one role; check the code and that its buttons are exactly the actions the spec allows."""
+    r = client.get(f"/api/tickets/{ticket.id}", headers=headers(world, role))
+    want = 401 if ROLES[role] is None else 200 if role in MEMBERS else 404
+    if r.status_code != want:
+        return [f"{role} reads {kind}/{state}: got {r.status_code}, want {want}"]
+    allowed = {a for a in ACTIONS if expected(role, a, kind, state) == 200}
+    if want == 200 and set(r.get_json()["allowed_actions"]) != allowed:
+        return [f"{role} reads {kind}/{state}: buttons {r.get_json()['allowed_actions']}, want {sorted(allowed)}"]
+    return []
+
+
+def test_action_and_read_matrix(app, client, world):
+    """Every action × role × (kind, state) and every read: exact codes; refusals change nothing; moves as specified."""
     lead_id = svc.get_user(db.session, "lead").id
     tickets = {kind: make_ticket(kind) for kind in (RELEASE, ROLLBACK)}
     before_events = event_rows()
     wrong: list[str] = []
-    checked = 0
+    fired = reads = 0
     for kind, state in cases():
         ticket = tickets[kind]
-        now = None
+        force(ticket, state, lead_id)
+        before = snapshot(app, ticket)
+        for role in ROLES:
+            wrong += read(client, world, ticket, kind, state, role)
+            reads += 1
+        if snapshot(app, ticket) != before:
+            wrong.append(f"reading {kind}/{state} changed it")
+        now = state
         for action in ACTIONS:
             for role in ROLES:
-                if now != state:  # only a success moves the ticket on; refusals leave it as it was
+                if now != state:  # only a success moves the ticket on; refusals leave it where it was
                     force(ticket, state, lead_id)
-                before = snapshot(app, ticket)
-                r = client.post(
-                    f"/api/tickets/{ticket.id}/{action}", json=body_for(action, role), headers=headers(world, role)
-                )
-                want = expected(role, action, kind, state)
-                checked += 1
-                where = f"{role} {action} {kind}/{state}"
-                if r.status_code != want:
-                    wrong.append(f"{where}: got {r.status_code}, want {want}: {r.get_json()}")
-                    continue
-                assert r.is_json and isinstance(r.get_json(), dict)
-                after = snapshot(app, ticket)
-                now = after["state"]
-                if want != 200:
-                    assert "error" in r.get_json(), where
-                    if after != before:
-                        wrong.append(f"{where}: refused with {want} but changed {before} -> {after}")
-                    continue
-                to = MOVES[action][kind][state]
-                queued = 1 if to in QUEUEING else 0
-                grew = {k: after[k] - before[k] for k in ("events", "runs", "queue", "tickets")}
-                if after["state"] != to or r.get_json()["state"] != to:
-                    wrong.append(f"{where}: now {after['state']}, want {to}")
-                if grew != {"events": 1, "runs": queued, "queue": queued, "tickets": 0}:
-                    wrong.append(f"{where}: rows/jobs added {grew}")
-                last = db.session.scalars(
-                    select(TicketEvent).where(TicketEvent.ticket_id == ticket.id).order_by(TicketEvent.id.desc())
-                ).first()
-                if (last.action, last.from_state, last.to_state, last.user.username) != (
-                    action,
-                    state,
-                    to,
-                    ROLES[role],
-                ):
-                    wrong.append(f"{where}: history row {last.action} {last.from_state}->{last.to_state}")
-    assert not wrong, f"{len(wrong)} of {checked} cases wrong:\n" + "\n".join(wrong)
-    assert checked == len(ACTIONS) * len(ROLES) * len(cases())
+                now, problems = fire(app, client, world, ticket, kind, state, action, role)
+                wrong += problems
+                fired += 1
+    assert not wrong, f"{len(wrong)} of {fired + reads} cases wrong:\n" + "\n".join(wrong)
+    assert (fired, reads) == (len(ACTIONS) * len(ROLES) * len(cases()), len(ROLES) * len(cases()))
+    assert client.get("/api/tickets/99999", headers=world.headers("admin")).status_code == 404
     # The history only grew: every row that existed before is untouched.
     after_events = event_rows()
     assert {k: after_events[k] for k in before_events} == before_events
 
 
-def test_read_matrix_and_buttons(app, client, world):
-    """Reading a ticket: 200 for members, 404 for others, 401 without a token; `allowed_actions` follows the spec."""
-    lead_id = svc.get_user(db.session, "lead").id
-    tickets = {kind: make_ticket(kind) for kind in (RELEASE, ROLLBACK)}
-    wrong = []
-    for kind, state in cases():
-        force(tickets[kind], state, lead_id)
-        before = snapshot(app, tickets[kind])
-        for role in ROLES:
-            r = client.get(f"/api/tickets/{tickets[kind].id}", headers=headers(world, role))
-            want = 401 if ROLES[role] is None else 200 if role in MEMBERS else 404
-            if r.status_code != want:
-                wrong.append(f"{role} read {kind}/{state}: got {r.status_code}, want {want}")
-            elif want == 200:
-                allowed = {a for a in ACTIONS if expected(role, a, kind, state) == 200}
-                if set(r.get_json()["allowed_actions"]) != allowed:
-                    wrong.append(f"{role} {kind}/{state}: buttons {r.get_json()['allowed_actions']}, want {allowed}")
-        assert snapshot(app, tickets[kind]) == before
-    assert client.get("/api/tickets/99999", headers=world.headers("admin")).status_code == 404
-    assert not wrong, "\n".join(wrong)
-
-
-def test_filing_matrix(app, client, world):
-    """Filing a release ticket: members of the project (and admins) 201, others 404, no token 401."""
+def filing_problems(app, client, world) -> list[str]:
+    """File a release ticket as every role on every project: members and admins 201, others 404, no token 401."""
     wrong = []
     for project in ("site", "elsewhere", "no-such-project"):
         for role, user in ROLES.items():
@@ -280,7 +273,7 @@ def test_filing_matrix(app, client, world):
                 assert grew == {"events": 1, "runs": 1, "tickets": 1, "queue": 1}, (role, project, grew)
             elif after != before:
                 wrong.append(f"{role} files on {project}: refused but changed {before} -> {after}")
-    assert not wrong, "\n".join(wrong)
+    return wrong
 
 
 def add_release(project_name: str, version: int) -> None:
@@ -293,11 +286,12 @@ def add_release(project_name: str, version: int) -> None:
     db.session.commit()
 
 
-def test_rollback_filing_and_release_list_matrix(app, client, world):
-    """Rollback requests and the release history: members only; rolling back to the live version is 409."""
+def test_filing_rollback_and_release_list_matrix(app, client, world):
+    """Filing tickets and rollbacks, listing releases: members only; rolling back to the live version is 409."""
+    wrong = filing_problems(app, client, world)
     add_release("site", 1)
     add_release("site", 2)  # live
-    wrong = []
+
     for role, user in ROLES.items():
         member = user is not None and role in MEMBERS
         for version, member_code in ((1, 201), (2, 409), (99, 404)):

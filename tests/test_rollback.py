@@ -30,7 +30,7 @@ def test_release_three_versions_then_roll_back_to_v1(flow, world, client):
     v1_trees = {h: tree_of(world.hosts.live_tree(h)) for h in world.hosts.roots}
     flow.ship({"index.html": "<h1>two</h1>\n", "bin/run.sh": "#!/bin/sh\necho two\n"}, "two")
     flow.ship({"index.html": "<h1>three</h1>\n", "gone.html": "x\n"}, "three")
-    for h, root in world.hosts.roots.items():
+    for root in world.hosts.roots.values():
         assert current_version(root) == 3
         assert sorted(os.listdir(root / "releases")) == ["1", "2", "3"]
         # Unchanged files are hard links to the previous release.
