@@ -105,29 +105,31 @@ def make_svn(base: Path, tree: Path) -> Svn:
 
 @dataclass
 class Baseline:
-    """A git repository with tags 1 (the tree) and 2.. (one file changed each), shipped by hand over ssh."""
+    """A git repository of the source tree, one tag per version, shipped by hand over ssh from a clone."""
 
-    git_dir: Path
-    hostset: HostSet
+    source: Path  # the generated tree is this repository's work tree
+    hostset: HostSet | None = None
     tags: int = 0
 
-    def git(self, *argv: str | Path, work_tree: Path | None = None) -> str:
-        """Run git on the baseline repository."""
-        extra = [f"--work-tree={work_tree}"] if work_tree else []
-        return run("git", f"--git-dir={self.git_dir}", *extra, "-c", "user.name=bench", "-c", "user.email=b@b", *argv)
-
-    def commit(self, work_tree: Path) -> str:
-        """Commit the whole work tree and tag it with the next number."""
-        self.git("add", "-A", work_tree=work_tree)
-        self.git("commit", "-q", "-m", f"tag {self.tags + 1}", work_tree=work_tree)
+    def commit(self) -> str:
+        """Commit the whole source tree and tag it with the next number; return the tag."""
+        ident = ["-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+        run("git", "-C", self.source, "add", "-A")
+        run("git", "-C", self.source, *ident, "commit", "-q", "-m", f"version {self.tags + 1}")
         self.tags += 1
-        self.git("tag", str(self.tags))
+        run("git", "-C", self.source, "tag", str(self.tags))
         return str(self.tags)
+
+    def clone(self, work_tree: Path) -> None:
+        """Make the deploy checkout a hand-written script would keep (its own .git, nothing checked out)."""
+        run("git", "clone", "-q", "--no-checkout", "--shared", self.source, work_tree)
 
     def release(self, work_tree: Path, tag: str, roots: dict[str, Path], mode: str, prev: str | None) -> float:
         """Check the tag out and push it to every host in parallel (cold ssh, as a script would); return seconds."""
+        assert self.hostset is not None
+        run("git", "-C", work_tree, "fetch", "-q", "--tags", "origin")  # not timed: the brief times the checkout
         t0 = time.perf_counter()
-        self.git("checkout", "-q", "-f", tag, work_tree=work_tree)
+        run("git", "-C", work_tree, "checkout", "-q", "-f", tag)
         rsh = self.hostset.rsh()
 
         def push(host) -> None:
@@ -350,11 +352,12 @@ def one_round(ctx: dict, r: int, mode: str, results: dict, cold: bool) -> None:
     inventory.write_text(inventory_for(hostset, f_roots))
     project = ferry.new_project(svn, inventory, mode, ctx["forks"])
     work_tree = tmp / "baseline-wt" / f"r{r}-{mode}"
-    work_tree.mkdir(parents=True)
+    base.clone(work_tree)
+    head = str(base.tags)
 
     log(f"round {r} {mode}: staging the full tree for {project} (setup, not timed)")
     tid, _ = ferry.stage(project, [])
-    dt = base.release(work_tree, "1", b_roots, mode, None)
+    dt = base.release(work_tree, head, b_roots, mode, None)
     results[("full", mode, "baseline")].seconds.append(dt)
     log(f"  baseline full {mode}: {dt:.2f} s")
     if cold:
@@ -368,15 +371,12 @@ def one_round(ctx: dict, r: int, mode: str, results: dict, cold: bool) -> None:
     rel = ctx["paths"][(r * 997 + len(mode)) % len(ctx["paths"])]
     data = random.Random(r * 31 + len(mode)).randbytes((tmp / "tree" / rel).stat().st_size)
     svn.put(rel, data, tmp)
+    (tmp / "tree" / rel).write_bytes(data)
+    tag = base.commit()
     tid, staging_seconds = ferry.stage(project, [rel])
     results[("staging", "one-file", "ferry")].seconds.append(staging_seconds)
     log(f"  ferry staging update (one file, snapshot commit included): {staging_seconds:.2f} s")
-    changed = tmp / "tree2"
-    changed.mkdir(exist_ok=True)
-    base.git("checkout", "-q", "-f", "1", work_tree=changed)
-    (changed / rel).write_bytes(data)
-    tag = base.commit(changed)
-    dt = base.release(work_tree, tag, b_roots, mode, "1")
+    dt = base.release(work_tree, tag, b_roots, mode, head)
     results[("one-file", mode, "baseline")].seconds.append(dt)
     log(f"  baseline one-file {mode}: {dt:.2f} s")
     if cold:
@@ -494,9 +494,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"generating {args.files} files (~{args.mb:.0f} MB) in {tmp / 'tree'}")
         paths = make_tree(tmp / "tree", args.files, int(args.mb * 1024 * 1024))
         svn = make_svn(tmp, tmp / "tree")
-        base = Baseline(git_dir=tmp / "baseline.git", hostset=None)  # type: ignore[arg-type]
-        run("git", "init", "-q", "--bare", base.git_dir)
-        base.commit(tmp / "tree")
+        base = Baseline(source=tmp / "tree")
+        run("git", "init", "-q", base.source)
+        base.commit()
         results: dict[tuple[str, str, str], Samples] = {}
         for case in (*CASES, "staging"):
             for mode in (*MODES, "one-file"):

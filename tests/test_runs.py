@@ -242,3 +242,25 @@ def test_replay_cli_records_a_new_run_and_old_run_dirs_are_pruned(flow, world, a
     dirs = [r.run_dir for r in db.session.scalars(select(Run).order_by(Run.id))]
     assert dirs[-1] and not any(dirs[:-1])
     assert sorted(p.name for p in (Path(app.config["FERRY_DATA_DIR"]) / "runs").iterdir()) == [str(new.id + 2)]
+
+
+def test_staging_updates_serialise_per_project_and_run_in_parallel_across_projects(flow, world, app, tmp_path):
+    """With two workers: two staging updates of one project never overlap; two projects' updates do."""
+    same = [flow.file(reason="one"), flow.file(reason="two")]
+    workers = [start_worker(app, tmp_path / f"w{i}.log", burst=True) for i in range(2)]
+    for w in workers:
+        w.wait(timeout=120)
+    a, b = (run_of(t, "staging") for t in same)
+    assert a.status == b.status == "successful"
+    first, second = sorted((a, b), key=lambda r: r.finished_at)
+    started_second = [e.at for e in db.session.get(Ticket, second.ticket_id).history if e.action == "staging_started"]
+    assert started_second[-1] >= first.finished_at  # the lock held the second update back
+
+    other = flow.file(reason="elsewhere", user="other", project="elsewhere")
+    mine = flow.file(reason="mine")
+    workers = [start_worker(app, tmp_path / f"v{i}.log", burst=True) for i in range(2)]
+    for w in workers:
+        w.wait(timeout=120)
+    x, y = run_of(other, "staging"), run_of(mine, "staging")
+    assert x.status == y.status == "successful"
+    assert x.started_at < y.finished_at and y.started_at < x.finished_at  # they overlapped
