@@ -244,9 +244,11 @@ class Person:
 
     def wait_for_state(self, ticket_path: str, state: str, attempts: int = 20, pause: float = 0.5) -> None:
         """Run queued jobs, then wait until the ticket page shows `state`; fail with the page's error and log."""
-        self.server.work()
         badge = self.page.locator("main .state-badge").first
-        if self.path == ticket_path and self.page.locator("#run-log[data-events]").count():
+        # Decided before the jobs run: the page may reload itself while they run, before we look again.
+        live = self.path == ticket_path and self.page.locator("#run-log[data-events]").count() > 0
+        self.server.work()
+        if live:
             # The page follows the run's live log and reloads itself when the run ends: watch it do so.
             try:
                 expect(badge).to_have_attribute("data-state", state, timeout=LIVE_LOG_TIMEOUT_MS)
@@ -311,8 +313,9 @@ class People:
         context.set_default_timeout(TIMEOUT_MS)
         page = context.new_page()
         person = Person(name=name, device=device, server=self.server, context=context, page=page, shots=self.shots)
-        page.on("console", lambda m: m.type == "error" and person.console_errors.append(f"{m.location['url']}: {m.text}"))
-        page.on("pageerror", lambda e: person.console_errors.append(f"{page.url}: uncaught {e}"))
+        errors = person.console_errors
+        page.on("console", lambda m: m.type == "error" and errors.append(f"{m.location['url']}: {m.text}"))
+        page.on("pageerror", lambda e: errors.append(f"{page.url}: uncaught {e}"))
         context.on("request", lambda r: person.requests.append((r.resource_type, r.url)))
         self.people.append(person)
         if login:
