@@ -182,19 +182,19 @@ def cases() -> list[tuple[str, str]]:
     return [(RELEASE, s) for s in STATES] + [(ROLLBACK, s) for s in ROLLBACK_STATES]
 
 
-def fire(app, client, world, ticket: Ticket, kind: str, state: str, action: str, role: str) -> tuple[str, list[str]]:
-    """Fire one action as one role on a ticket in `state`; return the state it is in after, and what was wrong."""
+def fire(world, ticket: Ticket, state: str, action: str, role: str, before: dict) -> tuple[dict, list[str]]:
+    """Fire one action as one role on a ticket in `state`; return the snapshot after it, and what was wrong."""
+    app, client, kind = world.app, world.app.test_client(), ticket.kind
     where = f"{role} {action} {kind}/{state}"
-    before = snapshot(app, ticket)
     r = client.post(f"/api/tickets/{ticket.id}/{action}", json=body_for(action, role), headers=headers(world, role))
     after = snapshot(app, ticket)
     want = expected(role, action, kind, state)
     if r.status_code != want:
-        return after["state"], [f"{where}: got {r.status_code}, want {want}: {r.get_json()}"]
+        return after, [f"{where}: got {r.status_code}, want {want}: {r.get_json()}"]
     if want != 200:
         if not (r.is_json and "error" in r.get_json()):
-            return after["state"], [f"{where}: {want} without the JSON error shape"]
-        return after["state"], [] if after == before else [f"{where}: refused but changed {before} -> {after}"]
+            return after, [f"{where}: {want} without the JSON error shape"]
+        return after, [] if after == before else [f"{where}: refused but changed {before} -> {after}"]
     to = MOVES[action][kind][state]
     queued = 1 if to in QUEUEING else 0
     wrong = []
@@ -206,7 +206,7 @@ def fire(app, client, world, ticket: Ticket, kind: str, state: str, action: str,
     last = r.get_json()["history"][-1]
     if (last["action"], last["from"], last["to"], last["user"]) != (action, state, to, ROLES[role]):
         wrong.append(f"{where}: history row {last}")
-    return after["state"], wrong
+    return after, wrong
 
 
 def read(client, world, ticket: Ticket, kind: str, state: str, role: str) -> list[str]:
@@ -237,12 +237,13 @@ def test_action_and_read_matrix(app, client, world):
             reads += 1
         if snapshot(app, ticket) != before:
             wrong.append(f"reading {kind}/{state} changed it")
-        now = state
+        now = before
         for action in ACTIONS:
             for role in ROLES:
-                if now != state:  # only a success moves the ticket on; refusals leave it where it was
+                if now["state"] != state:  # only a success moves the ticket on; refusals leave it where it was
                     force(ticket, state, lead_id)
-                now, problems = fire(app, client, world, ticket, kind, state, action, role)
+                    now = snapshot(app, ticket)
+                now, problems = fire(world, ticket, state, action, role, now)
                 wrong += problems
                 fired += 1
     assert not wrong, f"{len(wrong)} of {fired + reads} cases wrong:\n" + "\n".join(wrong)

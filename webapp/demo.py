@@ -38,6 +38,7 @@ def _svn_repo(base: Path) -> str:
     if repo.exists():
         return url
     cfg = str(base / "svn" / "config")
+    repo.parent.mkdir(parents=True, exist_ok=True)
     _run("svnadmin", "create", str(repo))
     tree = base / "svn" / "import"
     for rel, content in SITE.items():
