@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 from ansible.plugins.action import ActionBase
 
@@ -77,25 +78,36 @@ def checkout_release(snapshot: str, release_dir: str, version: int, sha: str) ->
         _git("clone", "-q", "--no-checkout", snapshot, release_dir)
     repo = f"--git-dir={release_dir}/.git", f"--work-tree={release_dir}"
     _git(*repo, "fetch", "-q", "--force", snapshot, "+refs/tags/*:refs/tags/*")
+    started = time.time()
     _git(*repo, "checkout", "-q", "-f", "--detach", f"refs/tags/{version}^{{commit}}")
     # -x as well: the tree must be exactly the tag, with no leftovers from an older checkout.
     _git(*repo, "clean", "-q", "-f", "-d", "-x")
     head = _resolve(f"{release_dir}/.git", "HEAD")
     if head != sha:
         raise TagError(f"release tree is at {head}, expected {sha}")
-    restore_mtimes(release_dir)
+    # Kernel file times lag time.time() by up to a tick: look a second back (re-restoring is harmless).
+    restore_mtimes(release_dir, since=started - 1.0)
+    # Record the restored files' new stat data in the index. Otherwise every later checkout distrusts
+    # them and re-reads their content to find what changed (~1 s per 60 MB, on every release).
+    _git(*repo, "update-index", "-q", "--refresh", check=False)
 
 
-def restore_mtimes(release_dir: str) -> int:
+def restore_mtimes(release_dir: str, since: float | None = None) -> int:
     """Set each file's mtime to its last commit's time; return how many files were set.
 
     Checkout stamps rewritten files with "now", so re-staging a kept release (a rollback) would make
     rsync re-send files whose content did not change. Commit times are the same for every checkout of
     a version, so rsync's size+mtime check and --link-dest see identical files as identical.
+    With `since`, only files modified at or after it (those the checkout wrote) are set: the others
+    kept the commit time an earlier checkout gave them, and the history walk stops much sooner.
     """
     repo = f"--git-dir={release_dir}/.git"
     listed = _git(repo, "-c", "core.quotepath=off", "ls-files", "-z", check=True).stdout
     todo = {p for p in listed.split("\0") if p}
+    if since is not None:
+        todo = {p for p in todo if _mtime(os.path.join(release_dir, p)) >= since}
+        if not todo:
+            return 0
     proc = subprocess.Popen(
         ["git", repo, "-c", "core.quotepath=off", "log", "--format=%x00%ct", "--name-only", "--no-renames", "HEAD"],
         stdout=subprocess.PIPE,
@@ -117,6 +129,14 @@ def restore_mtimes(release_dir: str) -> int:
     proc.kill()
     proc.wait()
     return done
+
+
+def _mtime(path: str) -> float:
+    """Return a path's own mtime (a symlink's, not its target's); inf when it cannot be read."""
+    try:
+        return os.lstat(path).st_mtime
+    except OSError:
+        return float("inf")
 
 
 class ActionModule(ActionBase):
