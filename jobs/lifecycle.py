@@ -105,11 +105,11 @@ class RunContext:
         """Tell whether someone pressed cancel for this run."""
         return bool(self.redis.exists(cancel_key(self.run.id)))
 
-    def log(self, line: str, host: str = "", task: str = "") -> None:
-        """Add one line to the run's log (live stream and final DB copy)."""
+    def log(self, line: str, host: str = "", task: str = "", at: str = "") -> None:
+        """Add one line to the run's log (live stream and final DB copy); `at` is when ansible emitted it."""
         line = line if len(line) <= LOG_LINE_MAX else line[:LOG_LINE_MAX] + " …(truncated)"
         self.lines.append(line)
-        entry = {"line": line, "host": host, "task": task}
+        entry = {"line": line, "host": host, "task": task, "at": at}
         self.redis.xadd(log_stream_key(self.run_id), entry, maxlen=LOG_STREAM_MAXLEN, approximate=True)
 
     def on_event(self, event: dict) -> None:
@@ -128,7 +128,7 @@ class RunContext:
         if text:
             for line in text.splitlines():
                 if line.strip():
-                    self.log(line, host, task)
+                    self.log(line, host, task, event.get("created", ""))
 
     def finish(self, result: RunResult | None, status: str, error: str = "", hosts_filter=None) -> None:
         """Record the run's outcome, per-host results and log; the caller commits."""

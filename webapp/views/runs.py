@@ -14,6 +14,7 @@ from jobs.queue import redis_connection
 
 from .. import runs
 from ..extensions import db
+from ..models import Run
 
 bp = Blueprint("runs", __name__)
 
@@ -31,7 +32,7 @@ def _sse(event: str, data: object, event_id: str | None = None) -> str:
 @login_required
 def events(run_id: int):
     """Stream a run's log lines and host progress: replay from the start (or Last-Event-ID), then follow."""
-    run = runs.get_run(db.session, run_id, current_user)
+    runs.get_run(db.session, run_id, current_user)  # 404 unless visible
     last_id = request.headers.get("Last-Event-ID") or "0"
 
     def generate():
@@ -52,7 +53,9 @@ def events(run_id: int):
                     last_id = entry_id.decode()
                     streamed = True
                     yield _sse("line", {k.decode(): v.decode() for k, v in fields.items()}, last_id)
-            db.session.expire(run)
+            # Re-read each round: the generator outlives the view, and may run under another session.
+            run = db.session.get(Run, run_id, populate_existing=True)
+            db.session.commit()  # end the read transaction so the next round sees the worker's commits
             progress = runs.progress(run)
             if progress != sent_progress:
                 sent_progress = progress
