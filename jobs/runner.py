@@ -226,9 +226,12 @@ class _Tracker:
             status = "changed"
         host = data["host"]
         hr = self.hosts.get(host) or self.hosts.setdefault(host, HostResult(host, "skipped", ""))
-        msg = res.get("msg") or res.get("stderr") or ""
+        msg = res.get("msg") or ""
         if not isinstance(msg, str):
             msg = json.dumps(msg, default=str)
+        stderr = res.get("stderr") or ""
+        if isinstance(stderr, str) and stderr.strip() and stderr.strip() not in msg:
+            msg = f"{msg}: {stderr.strip()}" if msg else stderr.strip()  # "non-zero return code" alone says little
         if STATUS_RANK[status] >= STATUS_RANK[hr.status]:
             hr.status = status
             if msg or status in ("failed", "unreachable"):

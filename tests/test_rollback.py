@@ -151,3 +151,23 @@ def test_rollback_input_errors(flow, world, client):
         "/api/rollbacks", json={"project": "site", "version": 1, "reason": "x"}, headers=world.headers("other")
     )
     assert r.status_code == 404
+
+
+def test_failing_hook_is_reported_per_host(flow, world, tmp_path):
+    """A post-switch hook that fails on a host marks that host failed with the hook's message."""
+    hook = tmp_path / "reload.yml"
+    hook.write_text(
+        "- name: Reload the app\n"
+        "  ansible.builtin.command:\n"
+        "    argv: [sh, -c, 'test \"{{ inventory_hostname }}\" != web2 || { echo reload refused >&2; exit 3; }']\n"
+    )
+    world.project.hook_tasks = str(hook)
+    db.session.commit()
+    world.svn.commit({"index.html": "<h1>hooked</h1>\n"}, "hooked")
+    tid = flow.staged(reason="hooked")
+    flow.approve(tid)
+    t = flow.release(tid)
+    assert t["state"] == "release_failed"
+    hosts = {h["host"]: h for h in t["hosts"]}
+    assert hosts["web2"]["status"] == "failed" and "reload refused" in hosts["web2"]["message"]
+    assert hosts["web1"]["status"] != "failed"
