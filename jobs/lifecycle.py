@@ -15,6 +15,7 @@ from sqlalchemy import select, update
 from webapp.extensions import db
 from webapp.models import HostResult, Run, utcnow
 
+from .context import app_context
 from .keys import cancel_key, heartbeat_key, log_stream_key, pid_key, progress_key
 from .locks import ProjectLock
 from .queue import redis_connection
@@ -152,6 +153,34 @@ class RunContext:
                             changed_files=host.changed_files,
                         )
                     )
+
+
+def claim(run_id: int, expected_state: str) -> Run | None:
+    """Return the run if it is still queued and its ticket waits for it; otherwise mark it skipped."""
+    run = db.session.get(Run, run_id)
+    if run is None or run.status != "queued":
+        return None  # already handled: a job that runs twice does nothing the second time
+    if run.ticket.state != expected_state:
+        run.status = "canceled"
+        run.error = f"ticket was {run.ticket.state} when the worker got to it"
+        db.session.commit()
+        return None
+    return run
+
+
+def execute(run_id: int, expected_state: str, lane: str, body, fail) -> str:
+    """Run one stage job: claim the run, hold heartbeat and lock, record an unexpected error, re-raise it for RQ."""
+    with app_context():
+        run = claim(run_id, expected_state)
+        if run is None:
+            return "skipped"
+        with RunContext(run, lane) as ctx:
+            try:
+                return body(ctx)
+            except Exception as e:
+                db.session.rollback()
+                fail(ctx, None, "failed", f"worker error: {e!r}")
+                raise
 
 
 def prune_run_dirs(project_id: int) -> None:

@@ -15,27 +15,15 @@ from webapp.projects import inventory_path
 from webapp.workflow import Kind, State
 
 from . import runner, snapshots
-from .context import app_context
 from .inventory import group_hosts
-from .lifecycle import RunContext, ansible_envvars, project_dir, run_dir_for
-from .staging import claim
+from .lifecycle import RunContext, ansible_envvars, execute, project_dir, run_dir_for
 
 PLAYBOOK = "release.yml"
 
 
 def release_ticket(run_id: int) -> str:
     """RQ job: release (or roll back) one approved ticket to every host of its project."""
-    with app_context():
-        run = claim(run_id, State.RELEASING)
-        if run is None:
-            return "skipped"
-        with RunContext(run, "release") as ctx:
-            try:
-                return _release(ctx)
-            except Exception as e:
-                db.session.rollback()
-                _fail(ctx, None, "failed", f"worker error: {e!r}")
-                raise
+    return execute(run_id, State.RELEASING, "release", _release, _fail)
 
 
 def _plan(ticket: Ticket, project: Project) -> tuple[str, int, str] | None:

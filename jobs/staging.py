@@ -5,26 +5,11 @@ from __future__ import annotations
 from webapp import tickets, workflow
 from webapp.errors import Conflict
 from webapp.extensions import db
-from webapp.models import Run
 
 from . import runner
-from .context import app_context
-from .lifecycle import RunContext, ansible_envvars, project_dir, run_dir_for
+from .lifecycle import RunContext, ansible_envvars, execute, project_dir, run_dir_for
 
 PLAYBOOK = "staging_update.yml"
-
-
-def claim(run_id: int, expected_state: workflow.State) -> Run | None:
-    """Return the run if it is still queued and its ticket waits for it; otherwise mark it skipped."""
-    run = db.session.get(Run, run_id)
-    if run is None or run.status != "queued":
-        return None  # already handled: a job that runs twice does nothing the second time
-    if run.ticket.state != expected_state.value:
-        run.status = "canceled"
-        run.error = f"ticket was {run.ticket.state} when the worker got to it"
-        db.session.commit()
-        return None
-    return run
 
 
 def _untemplatable(text: str) -> str:
@@ -35,17 +20,7 @@ def _untemplatable(text: str) -> str:
 
 def update_staging(run_id: int) -> str:
     """RQ job: update the project's staging working copy for one ticket and snapshot it."""
-    with app_context():
-        run = claim(run_id, workflow.State.PENDING_STAGING)
-        if run is None:
-            return "skipped"
-        with RunContext(run, "staging") as ctx:
-            try:
-                return _update(ctx)
-            except Exception as e:
-                db.session.rollback()
-                _fail(ctx, None, "failed", f"worker error: {e!r}")
-                raise
+    return execute(run_id, workflow.State.PENDING_STAGING, "staging", _update, _fail)
 
 
 def _update(ctx: RunContext) -> str:
