@@ -10,16 +10,29 @@ from __future__ import annotations
 import re
 
 import pytest
+from argon2 import PasswordHasher
 from redis import Redis
 from rq import Queue
 from sqlalchemy import func, select
 
+from jobs.keys import cancel_key
 from tests.conftest import PASSWORD
+from webapp import models
 from webapp import projects as svc
 from webapp.extensions import db
 from webapp.models import Release, Run, Ticket, TicketEvent
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def quick_hashing(monkeypatch):
+    """Hash the test users' passwords with cheap argon2id parameters: the default ones cost ~0.3 s per user.
+
+    Only the cost changes; test_security.test_passwords_are_argon2id checks the app's real hasher.
+    """
+    monkeypatch.setattr(models, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+
 
 RELEASE, ROLLBACK = "release", "rollback"
 ACTIONS = ("return", "resubmit", "test-passed", "approve", "reject", "release", "retry", "cancel")
@@ -182,6 +195,12 @@ def cases() -> list[tuple[str, str]]:
     return [(RELEASE, s) for s in STATES] + [(ROLLBACK, s) for s in ROLLBACK_STATES]
 
 
+def outcome(r) -> str:
+    """Return the short story of a response: its error, or the state it reports."""
+    data = r.get_json(silent=True) or {}
+    return data.get("error") or f"state {data.get('state')}"
+
+
 def fire(world, ticket: Ticket, state: str, action: str, role: str, before: dict) -> tuple[dict, list[str]]:
     """Fire one action as one role on a ticket in `state`; return the snapshot after it, and what was wrong."""
     app, client, kind = world.app, world.app.test_client(), ticket.kind
@@ -190,7 +209,7 @@ def fire(world, ticket: Ticket, state: str, action: str, role: str, before: dict
     after = snapshot(app, ticket)
     want = expected(role, action, kind, state)
     if r.status_code != want:
-        return after, [f"{where}: got {r.status_code}, want {want}: {r.get_json()}"]
+        return after, [f"{where}: got {r.status_code}, want {want}: {outcome(r)}"]
     if want != 200:
         if not (r.is_json and "error" in r.get_json()):
             return after, [f"{where}: {want} without the JSON error shape"]
@@ -277,6 +296,70 @@ def filing_problems(app, client, world) -> list[str]:
     return wrong
 
 
+RUN_STATUSES = ("queued", "running", "successful", "failed", "canceled")
+RUN_SIDE = {"author", "lead", "admin"}  # who started the run, a lead of the project, an admin
+
+
+def run_expected(role: str, status: str) -> int:
+    """Return the status code the spec gives for `role` cancelling a run in `status`."""
+    if ROLES[role] is None:
+        return 401
+    if role not in MEMBERS:
+        return 404
+    if role not in RUN_SIDE:
+        return 403
+    return 200 if status in ("queued", "running") else 409
+
+
+def run_snapshot(app, run: Run) -> dict:
+    """Return what a refused cancel must leave alone: the run, its ticket, history and the cancel flag."""
+    row = db.session.execute(select(Run.status, Run.error).where(Run.id == run.id)).one()
+    flag = Redis.from_url(app.config["REDIS_URL"]).exists(cancel_key(run.id))
+    return {**snapshot(app, run.ticket), "run": tuple(row), "cancel_flag": flag}
+
+
+def test_run_cancel_and_read_matrix(app, client, world):
+    """Cancelling a run (API) and reading it: role × run status; refusals change nothing."""
+    dev = svc.get_user(db.session, "dev")
+    ticket = make_ticket(RELEASE)
+    run = Run(ticket_id=ticket.id, project_id=ticket.project_id, stage="staging", started_by=dev)
+    db.session.add(run)
+    db.session.commit()
+    redis = Redis.from_url(app.config["REDIS_URL"])
+    wrong = []
+    for status in RUN_STATUSES:
+        for role in ROLES:
+            # A queued run's ticket waits for staging; a running one's is being updated.
+            ticket.state = "staging_updating" if status == "running" else "pending_staging"
+            run.status, run.error = status, ""
+            db.session.commit()
+            redis.delete(cancel_key(run.id))
+            before = run_snapshot(app, run)
+            r = client.get(f"/api/runs/{run.id}", headers=headers(world, role))
+            read_want = 401 if ROLES[role] is None else 200 if role in MEMBERS else 404
+            if r.status_code != read_want:
+                wrong.append(f"{role} reads a {status} run: got {r.status_code}, want {read_want}")
+            r = client.post(f"/api/runs/{run.id}/cancel", headers=headers(world, role))
+            want = run_expected(role, status)
+            after = run_snapshot(app, run)
+            where = f"{role} cancels a {status} run"
+            if r.status_code != want:
+                wrong.append(f"{where}: got {r.status_code}, want {want}: {outcome(r)}")
+            elif want != 200 and after != before:
+                wrong.append(f"{where}: refused but changed {before} -> {after}")
+            elif want == 200 and status == "queued":
+                # A queued run ends at once and its ticket shows why.
+                if (after["run"][0], after["state"], after["events"] - before["events"]) != (
+                    "canceled",
+                    "staging_failed",
+                    1,
+                ):
+                    wrong.append(f"{where}: left {after}")
+            elif want == 200 and (after["cancel_flag"], after["run"]) != (1, before["run"]):
+                wrong.append(f"{where}: the worker was not signalled: {after}")  # running: the worker stops it
+    assert not wrong, "\n".join(wrong)
+
+
 def add_release(project_name: str, version: int) -> None:
     """Record a released version directly (rollback targets), with its released ticket."""
     ticket = make_ticket(RELEASE, project=project_name)
@@ -302,7 +385,7 @@ def test_filing_rollback_and_release_list_matrix(app, client, world):
             want = 401 if user is None else member_code if member else 404
             after = snapshot(app)
             if r.status_code != want:
-                wrong.append(f"{role} rolls back to {version}: got {r.status_code}, want {want}: {r.get_json()}")
+                wrong.append(f"{role} rolls back to {version}: got {r.status_code}, want {want}: {outcome(r)}")
             elif want == 201:
                 t = r.get_json()
                 assert (t["kind"], t["state"], t["version"], t["author"]) == ("rollback", "pending_approval", 1, user)

@@ -29,19 +29,23 @@ def get_run(session: Session, run_id: int, user: User) -> Run:
     return run
 
 
-def can_cancel(run: Run, user: User) -> bool:
-    """Tell whether `user` may cancel `run`: who started it, a lead of the project, or an admin."""
-    if run.status not in ACTIVE:
-        return False
+def may_cancel(run: Run, user: User) -> bool:
+    """Tell whether `user` may cancel `run` at all: who started it, a lead of the project, or an admin."""
     return user.is_admin or run.started_by_id == user.id or user.role_in(run.ticket.project) is Role.LEAD
+
+
+def can_cancel(run: Run, user: User) -> bool:
+    """Tell whether `user` may cancel `run` now."""
+    return run.status in ACTIVE and may_cancel(run, user)
 
 
 def cancel(session: Session, run: Run, user: User) -> None:
     """Stop a run: a queued one ends at once, a running one is signalled through Redis (the worker stops it)."""
+    # Who before when, as for tickets: a member without the right gets 403 whatever the run's status.
+    if not may_cancel(run, user):
+        raise Forbidden("only who started the run or a lead of the project may cancel it")
     if run.status not in ACTIVE:
         raise Conflict(f"run {run.id} is {run.status}; only queued or running runs can be cancelled")
-    if not can_cancel(run, user):
-        raise Forbidden("only who started the run or a lead of the project may cancel it")
     if run.status == "queued":
         done = session.execute(
             update(Run)
