@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from argon2 import PasswordHasher
 from flask import g
 from redis import Redis
 from rq import Queue, SimpleWorker
 
 from tests.support.site import LocalHosts, SvnRepo, make_local_hosts, make_svn_repo
-from webapp import create_app
+from webapp import create_app, models
 from webapp import projects as svc
 from webapp.auth import issue_token
 from webapp.extensions import db
@@ -22,6 +23,15 @@ pytest_plugins = ["tests.support.hosts_fixture"]
 
 TEST_REDIS_URL = os.environ.get("FERRY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 PASSWORD = "correct-horse-battery"
+
+
+@pytest.fixture(autouse=True)
+def quick_hashing(monkeypatch):
+    """Hash test users' passwords with cheap argon2id parameters (the real ones cost ~0.3 s per user).
+
+    Only the cost changes; test_security.test_passwords_are_argon2id checks the app's real hasher.
+    """
+    monkeypatch.setattr(models, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
 
 
 @pytest.fixture

@@ -10,28 +10,17 @@ from __future__ import annotations
 import re
 
 import pytest
-from argon2 import PasswordHasher
 from redis import Redis
 from rq import Queue
 from sqlalchemy import func, select
 
 from jobs.keys import cancel_key
 from tests.conftest import PASSWORD
-from webapp import models
 from webapp import projects as svc
 from webapp.extensions import db
 from webapp.models import Release, Run, Ticket, TicketEvent
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def quick_hashing(monkeypatch):
-    """Hash the test users' passwords with cheap argon2id parameters: the default ones cost ~0.3 s per user.
-
-    Only the cost changes; test_security.test_passwords_are_argon2id checks the app's real hasher.
-    """
-    monkeypatch.setattr(models, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
 
 
 RELEASE, ROLLBACK = "release", "rollback"

@@ -9,7 +9,6 @@ import secrets
 from pathlib import Path
 
 import pytest
-from argon2 import PasswordHasher
 from flask import g
 from redis import Redis
 from sqlalchemy import event, func, select
@@ -24,15 +23,6 @@ from webapp.models import ApiToken, HostResult, Membership, Project, Run, Ticket
 
 pytestmark = pytest.mark.integration
 APP_HASHER = models._hasher  # the app's own argon2 parameters, before quick_hashing swaps them for a test
-
-
-@pytest.fixture(autouse=True)
-def quick_hashing(monkeypatch):
-    """Hash the test users' passwords with cheap argon2id parameters: the default ones cost ~0.3 s per user.
-
-    Only the cost changes; test_security.test_passwords_are_argon2id checks the app's real hasher.
-    """
-    monkeypatch.setattr(models, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
 
 
 CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')

@@ -11,7 +11,7 @@ from flask_login import current_user, login_required, login_user, logout_user
 from sqlalchemy import select
 
 from .extensions import db, login_manager
-from .models import ApiToken, User, utcnow
+from .models import ApiToken, User, spend_password_check, utcnow
 
 bp = Blueprint("auth", __name__)
 
@@ -80,7 +80,10 @@ def login():
             flash("Too many failed logins; wait a few minutes and try again.", "danger")
             return render_template("login.html"), 429
         user = db.session.scalar(select(User).where(User.username == username))
-        if user is not None and user.check_password(request.form.get("password", "")):
+        password = request.form.get("password", "")
+        if user is None:
+            spend_password_check(password)  # same cost as a real check: timing does not reveal user names
+        elif user.check_password(password):
             throttle.reset(username, request.remote_addr or "")
             login_user(user)
             return redirect(safe_next(request.args.get("next", "")) or url_for("pages.index"))

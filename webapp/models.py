@@ -17,6 +17,20 @@ from .workflow import Kind, Role, State
 _hasher = PasswordHasher()  # argon2id: memory-hard
 
 
+_dummy_hash: str | None = None
+
+
+def spend_password_check(password: str) -> None:
+    """Verify `password` against a throwaway hash, so a login for an unknown user costs as much as a real one."""
+    global _dummy_hash
+    if _dummy_hash is None:
+        _dummy_hash = _hasher.hash("no-such-user")
+    try:
+        _hasher.verify(_dummy_hash, password)
+    except VerificationError:
+        pass
+
+
 def utcnow() -> datetime:
     """Return the current time in UTC without tzinfo (portable across SQLite and PostgreSQL)."""
     return datetime.now(UTC).replace(tzinfo=None)

@@ -41,6 +41,13 @@ def can_see(user: User, project: Project) -> bool:
     return user.is_admin or user.role_in(project) is not None
 
 
+def visible_project_ids(session: Session, user: User) -> list[int]:
+    """Return the ids of the projects `user` may see."""
+    if user.is_admin:
+        return list(session.scalars(select(Project.id)))
+    return [m.project_id for m in user.memberships]
+
+
 def get_ticket(session: Session, ticket_id: int, user: User) -> Ticket:
     """Return a ticket visible to `user` or raise NotFound."""
     ticket = session.get(Ticket, ticket_id)
@@ -148,8 +155,8 @@ def act(session: Session, ticket: Ticket, user: User, action: str, data: dict | 
             comment = comment or "project needs no approval"
     if action == workflow.APPROVE:
         fields["approved_by_id"] = user.id
-        if workflow.is_self_approval_override(f, a, action):
-            comment = ("admin override: self-approval. " + comment).strip()
+    if workflow.is_self_approval_override(f, a, action):
+        comment = f"admin override: {action} of own ticket. {comment}".strip()
     if action in (workflow.RELEASE, workflow.RETRY):
         fields["last_error"] = ""
     set_state(session, ticket, f.state, new, action, user, comment, **fields)
