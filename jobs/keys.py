@@ -19,8 +19,3 @@ def log_stream_key(run_id: int) -> str:
 def progress_key(run_id: int) -> str:
     """Return the Redis hash holding each host's progress in a live run."""
     return f"ferry:run:{run_id}:hosts"
-
-
-def pid_key(run_id: int) -> str:
-    """Return the Redis key naming the machine and pid of a run's ansible-playbook."""
-    return f"ferry:run:{run_id}:pid"

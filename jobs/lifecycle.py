@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import threading
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from webapp.extensions import db
 from webapp.models import HostResult, Run, utcnow
 
 from .context import app_context
-from .keys import cancel_key, heartbeat_key, log_stream_key, pid_key, progress_key
+from .keys import cancel_key, heartbeat_key, log_stream_key, progress_key
 from .locks import ProjectLock
 from .queue import redis_connection
 from .runner import RunResult
@@ -52,7 +51,6 @@ class RunContext:
         self.ttl = heartbeat_ttl()
         self.engine = db.engine  # the heartbeat thread writes through its own connection, never the session
         self.logger = current_app.logger
-        self._pid_seen = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
 
@@ -70,7 +68,7 @@ class RunContext:
         self._stop.set()
         self._thread.join(timeout=5)
         self.lock.release()
-        self.redis.delete(heartbeat_key(self.run_id), cancel_key(self.run_id), pid_key(self.run_id))
+        self.redis.delete(heartbeat_key(self.run_id), cancel_key(self.run_id))
         self.redis.expire(log_stream_key(self.run_id), STREAM_TTL)
         self.redis.expire(progress_key(self.run_id), STREAM_TTL)
         prune_run_dirs(self.run.project_id)
@@ -115,9 +113,6 @@ class RunContext:
 
     def on_event(self, event: dict) -> None:
         """Forward an ansible-runner event to the live log and host progress (hot path: Redis only)."""
-        if not self._pid_seen and event.get("pid"):
-            self.redis.set(pid_key(self.run_id), f"{socket.gethostname()}:{event['pid']}", ex=86400)
-            self._pid_seen = True
         data = event.get("event_data") or {}
         host, task = data.get("host") or "", data.get("task") or ""
         progress = PROGRESS.get(event.get("event", ""))

@@ -8,10 +8,6 @@ enqueue failed after commit) are enqueued again.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import time
 from datetime import timedelta
 
 from flask import current_app
@@ -25,10 +21,10 @@ from webapp.extensions import db
 from webapp.models import Run, utcnow
 
 from .context import app_context
-from .keys import pid_key
-from .lifecycle import heartbeat_ttl
+from .lifecycle import heartbeat_ttl, run_dir_for
 from .locks import force_release
 from .queue import enqueue_run, redis_connection
+from .runner import stop_orphans
 
 FAIL_EVENT = {"staging": workflow.STAGING_FAILED, "release": workflow.RELEASE_FAILED}
 
@@ -44,29 +40,6 @@ def _job_alive(redis, job_id: str) -> bool:
     return job.get_status(refresh=False) not in ("failed", "stopped", "canceled")
 
 
-def _stop_orphan(redis, run_id: int) -> None:
-    """Stop the ansible-playbook a dead worker left running on this machine (TERM, then KILL its group)."""
-    raw = redis.get(pid_key(run_id))
-    if not raw:
-        return
-    host, _, pid_text = raw.decode().rpartition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return
-    pid = int(pid_text)
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"ansible-playbook" not in f.read():
-                return  # the pid was reused by something else
-        pgid = os.getpgid(pid)
-        os.kill(pid, signal.SIGTERM)  # ansible's own handler stops its fork workers (TESTHOSTS pitfall 4)
-        for _ in range(50):
-            time.sleep(0.1)
-            os.kill(pid, 0)
-        os.killpg(pgid, signal.SIGKILL)
-    except (OSError, ProcessLookupError):
-        pass  # gone already
-
-
 def reconcile() -> dict:
     """Fail runs whose worker is gone and re-enqueue runs that never reached a worker; return counts."""
     with app_context():
@@ -78,7 +51,7 @@ def reconcile() -> dict:
         for run in db.session.scalars(select(Run).where(Run.status == "running")):
             if now - (run.heartbeat_at or run.started_at or run.created_at) < ttl:
                 continue
-            _stop_orphan(redis, run.id)
+            stop_orphans(run_dir_for(run))
             run.status, run.error, run.finished_at = "lost", "worker lost: the run stopped without an end", now
             force_release(redis, run.project_id, "staging" if run.stage == "staging" else "release", run.id)
             try:

@@ -185,6 +185,41 @@ def _kill_tree(pid: int) -> None:
             pass
 
 
+def stop_orphans(run_dir: Path, grace: float = 5.0) -> int:
+    """Stop ansible-playbook processes of `run_dir` that outlived their worker; return how many were found.
+
+    Used by the reconciler: ansible-runner starts ansible-playbook in its own session, so a SIGKILLed
+    worker leaves it running. SIGTERM first (its handler stops the fork workers), then SIGKILL the trees.
+    """
+    marker = f"{Path(run_dir).absolute()}/".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    cmd = fh.read()
+            except OSError:
+                continue
+            if b"ansible-playbook" in cmd and marker in cmd:
+                found.append(int(entry))
+    trees = {pid: [pid, *_children(pid)] for pid in found}
+    for pid in found:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in found):
+        time.sleep(0.1)
+    for tree in trees.values():
+        for p in tree:
+            try:
+                os.killpg(os.getpgid(p), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    return len(found)
+
+
 class _Tracker:
     """Event handler state: per-host status, outputs, first error, stats and the ansible-playbook pid."""
 
@@ -418,4 +453,5 @@ __all__ = [
     "prepare_run_dir",
     "replay_command",
     "run_playbook",
+    "stop_orphans",
 ]
