@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -23,6 +24,7 @@ from .runner import RunResult
 LOG_STREAM_MAXLEN = 20000  # lines kept per run in Redis; the DB keeps the finished log
 LOG_DB_MAX = 400_000  # characters of log kept in the DB per run
 LOG_LINE_MAX = 2000  # a single displayed line (synchronize-like results can be huge)
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 STREAM_TTL = 3600  # a finished run's live stream lingers this long for late viewers
 # ansible-runner event -> per-host progress shown on the page
 PROGRESS = {
@@ -106,6 +108,7 @@ class RunContext:
 
     def log(self, line: str, host: str = "", task: str = "", at: str = "") -> None:
         """Add one line to the run's log (live stream and final DB copy); `at` is when ansible emitted it."""
+        line = ANSI_ESCAPE.sub("", line)  # runs replayed with colour on still show clean text
         line = line if len(line) <= LOG_LINE_MAX else line[:LOG_LINE_MAX] + " …(truncated)"
         self.lines.append(line)
         entry = {"line": line, "host": host, "task": task, "at": at}
@@ -206,4 +209,5 @@ def project_dir(project_name: str) -> Path:
 def ansible_envvars() -> dict:
     """Return the non-secret ANSIBLE_* settings every run gets."""
     home = Path(current_app.config["FERRY_DATA_DIR"]) / "ansible"
-    return {"ANSIBLE_HOME": str(home), "ANSIBLE_LOCAL_TEMP": str(home / "tmp")}
+    # NOCOLOR: the log is shown as plain text; colour codes would appear as garbage.
+    return {"ANSIBLE_HOME": str(home), "ANSIBLE_LOCAL_TEMP": str(home / "tmp"), "ANSIBLE_NOCOLOR": "1"}

@@ -46,6 +46,7 @@ def test_log_lines_and_host_progress_live_and_after_redis_flush(flow, world, cli
     body = client.get(f"/api/runs/{run.id}", headers=world.headers("dev")).get_json()
     assert body["status"] == "successful"
     assert any("Stage release" in e["line"] for e in body["lines"])
+    assert not any("\x1b" in e["line"] for e in body["lines"])  # plain text, no colour codes
     assert {h for h in body["progress"]} == {"web1", "web2", "web3"}
     tail = client.get(f"/api/runs/{run.id}?offset={body['next_offset'] - 2}", headers=world.headers("dev")).get_json()
     assert tail["lines"] == body["lines"][-2:]
