@@ -19,7 +19,7 @@ from webapp import projects as svc
 from webapp.auth import issue_token
 from webapp.extensions import db
 
-pytest_plugins = ["tests.support.hosts_fixture"]
+pytest_plugins = ["tests.support.hosts_fixture", "tests.support.browser"]
 
 TEST_REDIS_URL = os.environ.get("FERRY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 PASSWORD = "correct-horse-battery"

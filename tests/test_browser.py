@@ -50,17 +50,20 @@ def open_waiting(lead: Person, ticket_path: str) -> None:
     """Open the ticket from the lead's "Waiting for me" list."""
     nav(lead, "Waiting for me")
     expect(lead.page.locator("h1")).to_have_text("Waiting for my approval")
-    lead.page.locator("#ticket-table").get_by_role("link", name="#" + ticket_path.rsplit("/", 1)[1]).click()
+    lead.page.locator("#ticket-table").get_by_role("link", name="#" + ticket_path.rsplit("/", 1)[1], exact=True).click()
     lead.page.wait_for_url(re.compile(re.escape(ticket_path) + "$"))
 
 
 def release(dev: Person, ticket_path: str, label: str) -> None:
-    """Press Release on the ticket page and reload until the run has finished and the ticket is released."""
+    """Press Release on the ticket page and watch its live log until the run has finished and the ticket is released."""
     dev.goto(ticket_path)
     dev.press("release", "releasing")
     expect(dev.page.locator("#run-status")).to_contain_text("release run")
     dev.step(f"{label}-releasing")
     dev.wait_for_state(ticket_path, "released")
+    followed = [url for kind, url in dev.requests if kind == "eventsource" and "/runs/" in url]
+    assert followed, "the ticket page never opened the run's live log"
+    assert "\x1b[" not in (dev.text_of("#run-log") or ""), "terminal colour codes in the run log"
     for host in HOSTS:
         status = dev.page.locator(f'#host-table tr[data-host="{host}"] .host-status')
         expect(status).to_have_text(re.compile("^(ok|changed)$"))
@@ -99,15 +102,25 @@ def test_browser_walks_the_whole_story(people: People, world) -> None:
     expect(dev.page.locator('form[data-action="approve"]')).to_have_count(0)
     dev.step("staging-updated")
 
-    # Someone from another project cannot see it; each context keeps its own login.
+    # Nobody else's login leaks into a context: a visitor without one is sent to the login page, and someone
+    # from another project cannot see the ticket.
+    visitor = people("visitor", login=False)
+    visitor.goto(ticket)
+    visitor.page.wait_for_url(re.compile(r".*/login\?next=.*"))
+    expect(visitor.page.locator("#whoami")).to_have_count(0)
     other.goto(ticket, status=404)
     expect(other.page.locator("main")).to_contain_text("not found")
     other.step("ticket-hidden")
     other.goto("/tickets")
     expect(other.page.locator("#ticket-table")).not_to_contain_text("new about page")
 
+    # CSRF is on for this server: a post with the session cookie but without the form's token changes nothing.
+    forged = dev.context.request.post(f"{dev.server.url}{ticket}/cancel", form={"expected_state": "testing"})
+    assert forged.status == 400, forged.status
+
     # Returned with a comment, fixed in svn, resubmitted, passed.
     dev.goto(ticket)
+    assert dev.state() == "testing"
     dev.press("return", "returned", comment="typo on the about page")
     dev.step("returned")
     world.svn.commit({"about/index.html": "<p>about us</p>\n"}, "fix typo")
@@ -171,14 +184,17 @@ def test_browser_walks_the_whole_story(people: People, world) -> None:
 
     for person in (dev, lead, other):
         assert_clean(person)
+    assert not visitor.console_errors and not visitor.foreign_requests()
 
 
 @pytest.mark.parametrize("device", ["laptop", "phone"])
 def test_pages_fit_laptop_and_phone(people: People, device: str) -> None:
     """Buttons and the ticket table are usable at the device's width, nothing overflows, and assets are local."""
-    dev, lead = people("dev", device), people("lead", device)
+    dev, lead, admin = people("dev", device), people("lead", device), people("admin", device)
 
-    ticket = file_ticket(dev, "a reason long enough to need truncating in the ticket table " * 3, "about")
+    # A long reason with an unbreakable link, as people paste them: it must wrap, not widen the page.
+    reason = "fix the about page, see https://issues.example.test/browse/FERRY-1234?" + "focusedCommentId=1" * 8
+    ticket = file_ticket(dev, reason, "about")
     dev.wait_for_state(ticket, "testing")
     assert dev.assert_clickable("#actions button") >= 3  # return, test passed, cancel
     assert dev.overflow() == 0, f"ticket page overflows on a {device}"
@@ -195,13 +211,19 @@ def test_pages_fit_laptop_and_phone(people: People, device: str) -> None:
     expect(dev.page.locator("#ticket-table")).to_be_visible()
     dev.assert_clickable("#ticket-table tbody a")
     dev.step("ticket-list")
-    for path in ("/tickets", "/tickets?waiting=me", "/tickets/new", "/projects", "/projects/site", ticket, "/profile"):
+    for path in ("/tickets?waiting=me", "/tickets/new", "/projects", "/projects/site", "/profile"):
         dev.goto(path)
         assert dev.overflow() == 0, f"{path} overflows on a {device}"
+        dev.step(path.strip("/"))
     # Bootstrap is applied, not just fetched: the primary button has its blue.
     dev.goto("/tickets")
     color = dev.page.locator(".btn-primary").first.evaluate("b => getComputedStyle(b).backgroundColor")
     assert color == "rgb(13, 110, 253)", color
 
-    for person in (dev, lead):
+    for path in ("/admin/users", "/admin/projects", "/admin/projects/site"):
+        admin.goto(path)
+        assert admin.overflow() == 0, f"{path} overflows on a {device}"
+        admin.step(path.strip("/"))
+
+    for person in (dev, lead, admin):
         assert_clean(person)

@@ -47,8 +47,8 @@ DEVICES = {
         "device_scale_factor": 2,
     },
 }
-TIMEOUT_MS = 15_000  # one page load or one auto-waiting assertion; jobs run in the test thread, never in between
-LIVE_LOG_TIMEOUT_MS = 20_000  # a finished run's end event reaches the page within a second or two, then it reloads
+TIMEOUT_MS = 20_000  # one page load or one auto-waiting assertion; jobs run in the test thread, never in between
+LIVE_LOG_TIMEOUT_MS = 30_000  # a finished run's end event reaches the page within a second or two, then it reloads
 BROWSER_FIXTURES = {"chromium", "live_server", "people"}
 _skipped_because: list[str] = []
 
@@ -115,8 +115,10 @@ def require_chromium() -> None:
 def chromium() -> Iterator[Browser]:
     """Yield one headless Chromium for the session (each person gets a fresh context)."""
     require_chromium()
+    from playwright.sync_api import expect as playwright_expect
     from playwright.sync_api import sync_playwright
 
+    playwright_expect.set_options(timeout=TIMEOUT_MS)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield browser
@@ -176,7 +178,7 @@ class Screenshots:
     def take(self, page: Page, label: str) -> Path:
         """Save a full-page screenshot of `page` and return its path."""
         self.count += 1
-        path = self.dir / f"{self.count:02d}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', label)}.png"
+        path = self.dir / f"{self.count:02d}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', label).strip('-')}.png"
         page.screenshot(path=str(path), full_page=True)
         return path
 
@@ -277,7 +279,10 @@ class Person:
 
     def overflow(self) -> int:
         """Return by how many CSS pixels the document is wider than the viewport (0 when it fits)."""
-        return self.page.evaluate("() => Math.max(0, document.documentElement.scrollWidth - window.innerWidth)")
+        # Not innerWidth: a mobile browser widens it to fit overflowing content (zooming out), hiding the overflow.
+        return self.page.evaluate(
+            "() => { const d = document.documentElement; return Math.max(0, d.scrollWidth - d.clientWidth); }"
+        )
 
     def assert_clickable(self, selector: str) -> int:
         """Assert every element matching `selector` is visible and would receive a click; return how many."""
@@ -311,6 +316,9 @@ class People:
         """Open a fresh context for user `name` on a device of DEVICES, logged in unless told not to."""
         context = self.browser.new_context(**DEVICES[device])
         context.set_default_timeout(TIMEOUT_MS)
+        # A trace (DOM snapshots, network, console per action) is kept only when the test fails: open it with
+        # `playwright show-trace test-artifacts/browser/<test>/trace-<name>-<device>.zip`.
+        context.tracing.start(screenshots=True, snapshots=True)
         page = context.new_page()
         person = Person(name=name, device=device, server=self.server, context=context, page=page, shots=self.shots)
         errors = person.console_errors
@@ -323,13 +331,17 @@ class People:
         return person
 
     def close(self, failed: bool) -> None:
-        """Screenshot every open page when the test failed, then close the contexts."""
+        """Keep a screenshot and a trace of every person's page when the test failed, then close the contexts."""
         for person in self.people:
-            if failed:
-                try:
-                    self.shots.take(person.page, f"FAILED-{person.name}-{person.device}")
-                except Exception:  # noqa: BLE001 - a dead page must not hide the test's own failure
-                    pass
+            label = f"{person.name}-{person.device}"
+            try:
+                if failed:
+                    self.shots.take(person.page, f"FAILED-{label}")
+                    person.context.tracing.stop(path=str(self.shots.dir / f"trace-{label}.zip"))
+                else:
+                    person.context.tracing.stop()
+            except Exception:  # noqa: BLE001 - a dead page must not hide the test's own failure
+                pass
             person.context.close()
 
 
