@@ -87,8 +87,17 @@ class Svn:
         """Commit new content for one file straight to the repository (svnmucc: no working copy needed)."""
         src = tmp / "svnmucc-put"
         src.write_bytes(data)
-        run("svnmucc", "--non-interactive", "--config-dir", self.config_dir, "-m", f"change {rel}", "put", src,
-            f"{self.url}/{rel}")  # fmt: skip
+        run(
+            "svnmucc",
+            "--non-interactive",
+            "--config-dir",
+            self.config_dir,
+            "-m",
+            f"change {rel}",
+            "put",
+            src,
+            f"{self.url}/{rel}",
+        )
 
 
 def make_svn(base: Path, tree: Path) -> Svn:
@@ -127,7 +136,7 @@ class Baseline:
     def release(self, work_tree: Path, tag: str, roots: dict[str, Path], mode: str, prev: str | None) -> float:
         """Check the tag out and push it to every host in parallel (cold ssh, as a script would); return seconds."""
         assert self.hostset is not None
-        run("git", "-C", work_tree, "fetch", "-q", "--tags", "origin")  # not timed: the brief times the checkout
+        run("git", "-C", work_tree, "fetch", "-q", "--tags", "origin")  # not timed: a deploy clone has the tags already
         t0 = time.perf_counter()
         run("git", "-C", work_tree, "checkout", "-q", "-f", tag)
         rsh = self.hostset.rsh()
@@ -139,14 +148,26 @@ class Baseline:
             else:
                 dest, mkdir = f"{root}/releases/{tag}/", root / "releases"
                 extra = [f"--link-dest={root}/releases/{prev}"] if prev else []
-            run("rsync", "-a", "--delete", "--exclude=.git", *extra, "-e", rsh,
-                f"--rsync-path=mkdir -p {shlex.quote(str(mkdir))} && rsync", f"{work_tree}/",
-                f"root@{host.ip}:{dest}")  # fmt: skip
+            run(
+                "rsync",
+                "-a",
+                "--delete",
+                "--exclude=.git",
+                *extra,
+                "-e",
+                rsh,
+                f"--rsync-path=mkdir -p {shlex.quote(str(mkdir))} && rsync",
+                f"{work_tree}/",
+                f"root@{host.ip}:{dest}",
+            )
 
         def switch(host) -> None:
             root = shlex.quote(str(roots[host.name]))
-            run(*self.hostset.ssh_argv(host.name, f"ln -sfn releases/{tag} {root}/.current.tmp && "
-                                       f"mv -T {root}/.current.tmp {root}/current"))  # fmt: skip
+            run(
+                *self.hostset.ssh_argv(
+                    host.name, f"ln -sfn releases/{tag} {root}/.current.tmp && mv -T {root}/.current.tmp {root}/current"
+                )
+            )
 
         with ThreadPoolExecutor(len(self.hostset.hosts)) as pool:
             list(pool.map(push, self.hostset.hosts))
@@ -201,8 +222,16 @@ class Ferry:
         self.projects += 1
         name = f"p{self.projects}-{mode}"
         data = Path(self.app.config["FERRY_DATA_DIR"])
-        project = svc.create_project(db.session, name, svn_url=svn.url, staging_dir=str(data / "staging" / name),
-                                     inventory=str(inventory), group=GROUP, deploy_mode=mode, forks=forks)  # fmt: skip
+        project = svc.create_project(
+            db.session,
+            name,
+            svn_url=svn.url,
+            staging_dir=str(data / "staging" / name),
+            inventory=str(inventory),
+            group=GROUP,
+            deploy_mode=mode,
+            forks=forks,
+        )
         svc.set_member(db.session, project, svc.get_user(db.session, "dev"), "developer")
         svc.set_member(db.session, project, svc.get_user(db.session, "lead"), "lead")
         db.session.commit()
@@ -274,16 +303,18 @@ def ferry_app(workdir: Path, redis_url: str) -> Iterator[Ferry]:
 
     queue_name = f"ferry-bench-{os.getpid()}"
     (workdir / "inventory").mkdir(parents=True, exist_ok=True)
-    app = create_app({
-        "TESTING": True,
-        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{workdir / 'ferry.sqlite3'}",
-        "REDIS_URL": redis_url,
-        "FERRY_DATA_DIR": workdir / "data",
-        "FERRY_INVENTORY_DIR": workdir / "inventory",
-        "FERRY_QUEUE": queue_name,
-        "WTF_CSRF_ENABLED": False,
-        "SECRET_KEY": "bench-secret-key",
-    })  # fmt: skip
+    app = create_app(
+        {
+            "TESTING": True,
+            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{workdir / 'ferry.sqlite3'}",
+            "REDIS_URL": redis_url,
+            "FERRY_DATA_DIR": workdir / "data",
+            "FERRY_INVENTORY_DIR": workdir / "inventory",
+            "FERRY_QUEUE": queue_name,
+            "WTF_CSRF_ENABLED": False,
+            "SECRET_KEY": "bench-secret-key",
+        }
+    )
     redis = Redis.from_url(redis_url)
     with app.app_context():
         db.create_all()
@@ -292,8 +323,9 @@ def ferry_app(workdir: Path, redis_url: str) -> Iterator[Ferry]:
             tokens[name] = issue_token(svc.create_user(db.session, name, PASSWORD))
         db.session.commit()
         try:
-            yield Ferry(app=app, client=app.test_client(), tokens=tokens, queue=Queue(queue_name, connection=redis),
-                        redis=redis)  # fmt: skip
+            yield Ferry(
+                app=app, client=app.test_client(), tokens=tokens, queue=Queue(queue_name, connection=redis), redis=redis
+            )
         finally:
             redis.delete(f"rq:queue:{queue_name}")
             db.session.remove()
@@ -342,9 +374,39 @@ def claim_prefix(base: str = "ferryb") -> str:
     raise PrefixInUse(f"all prefixes {base}* are in use")
 
 
-def one_round(ctx: dict, r: int, mode: str, results: dict, cold: bool) -> None:
-    """Measure baseline and Ferry for one mode: first full release, then a one-file change."""
+def shape(root: Path) -> dict[str, tuple[int, bool]]:
+    """Return {path: (size, executable)} of a live tree: a cheap check that two releases hold the same files."""
+    root = root.resolve()
+    out = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            st = os.lstat(os.path.join(dirpath, name))
+            out[os.path.relpath(os.path.join(dirpath, name), root)] = (st.st_size, bool(st.st_mode & 0o111))
+    return out
+
+
+def timed_pair(ctx: dict, key: tuple[str, str], ferry_first: bool, baseline: Callable, ferry: Callable) -> None:
+    """Time the baseline and Ferry for one case, in the given order, each after a sync of dirty pages."""
+    results = ctx["results"]
+    for impl in ("ferry", "baseline") if ferry_first else ("baseline", "ferry"):
+        # Flush what setup and the other implementation wrote, so neither pays for the other's writeback.
+        os.sync()
+        if impl == "ferry" and ctx["cold"]:
+            close_masters(ctx["control_dir"])
+        samples = results[(*key, impl)]
+        if impl == "baseline":
+            seconds = baseline()
+        else:
+            seconds, phases = ferry()
+            samples.phases.append(phases)
+        samples.seconds.append(seconds)
+        log(f"  {impl:<8} {key[0]:<8} {key[1]:<7} {seconds:6.2f} s")
+
+
+def one_round(ctx: dict, r: int, mode: str) -> None:
+    """Measure baseline and Ferry for one mode: a first full release, then one-file changes."""
     hostset, ferry, svn, base, tmp = ctx["hostset"], ctx["ferry"], ctx["svn"], ctx["baseline"], ctx["tmp"]
+    ctx["load"].append(round(os.getloadavg()[0], 2))  # other work on this machine skews everything: record it
     names = [h.name for h in hostset.hosts]
     b_roots = {n: tmp / "roots" / f"b{r}-{mode}" / n for n in names}
     f_roots = {n: tmp / "roots" / f"f{r}-{mode}" / n for n in names}
@@ -353,42 +415,44 @@ def one_round(ctx: dict, r: int, mode: str, results: dict, cold: bool) -> None:
     project = ferry.new_project(svn, inventory, mode, ctx["forks"])
     work_tree = tmp / "baseline-wt" / f"r{r}-{mode}"
     base.clone(work_tree)
-    head = str(base.tags)
+    prev = str(base.tags)
+    # Alternate who goes first, so that neither always runs on the other's leftovers (caches, writeback).
+    ferry_first = r % 2 == 1
 
     log(f"round {r} {mode}: staging the full tree for {project} (setup, not timed)")
     tid, _ = ferry.stage(project, [])
-    dt = base.release(work_tree, head, b_roots, mode, None)
-    results[("full", mode, "baseline")].seconds.append(dt)
-    log(f"  baseline full {mode}: {dt:.2f} s")
-    if cold:
-        close_masters(ctx["control_dir"])
-    dt, phases = ferry.release(tid)
-    results[("full", mode, "ferry")].seconds.append(dt)
-    results[("full", mode, "ferry")].phases.append(phases)
-    log(f"  ferry    full {mode}: {dt:.2f} s")
+    timed_pair(
+        ctx,
+        ("full", mode),
+        ferry_first,
+        lambda: base.release(work_tree, prev, b_roots, mode, None),
+        lambda: ferry.release(tid),
+    )
+    live = "current" if mode == "atomic" else ""
+    if shape(f_roots[names[0]] / live) != shape(b_roots[names[0]] / live):
+        raise RuntimeError(f"{names[0]}: Ferry's release and the baseline's differ")
 
-    # One file changes: in svn for Ferry, as tag 2 in the baseline repository (same path, same size).
-    rel = ctx["paths"][(r * 997 + len(mode)) % len(ctx["paths"])]
-    data = random.Random(r * 31 + len(mode)).randbytes((tmp / "tree" / rel).stat().st_size)
-    svn.put(rel, data, tmp)
-    (tmp / "tree" / rel).write_bytes(data)
-    tag = base.commit()
-    tid, staging_seconds = ferry.stage(project, [rel])
-    results[("staging", "one-file", "ferry")].seconds.append(staging_seconds)
-    log(f"  ferry staging update (one file, snapshot commit included): {staging_seconds:.2f} s")
-    dt = base.release(work_tree, tag, b_roots, mode, head)
-    results[("one-file", mode, "baseline")].seconds.append(dt)
-    log(f"  baseline one-file {mode}: {dt:.2f} s")
-    if cold:
-        close_masters(ctx["control_dir"])
-    dt, phases = ferry.release(tid)
-    results[("one-file", mode, "ferry")].seconds.append(dt)
-    results[("one-file", mode, "ferry")].phases.append(phases)
-    log(f"  ferry    one-file {mode}: {dt:.2f} s")
-    for n in names:  # the release really is live, byte for byte for the changed file
-        live = f_roots[n] / ("current" if mode == "atomic" else "") / rel
-        if live.read_bytes() != data:
-            raise RuntimeError(f"{n}: {rel} is not the released content")
+    for c in range(ctx["changes"]):
+        # One file changes: in svn for Ferry, as the next tag in the baseline repository (same path, same size).
+        rel = ctx["paths"][(r * 997 + c * 131 + len(mode)) % len(ctx["paths"])]
+        data = random.Random(f"{r}-{c}-{mode}").randbytes((tmp / "tree" / rel).stat().st_size)
+        svn.put(rel, data, tmp)
+        (tmp / "tree" / rel).write_bytes(data)
+        tag = base.commit()
+        tid, staging_seconds = ferry.stage(project, [rel])
+        ctx["results"][("staging", "one-file", "ferry")].seconds.append(staging_seconds)
+        log(f"  ferry    staging update (one file, snapshot commit included): {staging_seconds:.2f} s")
+        timed_pair(
+            ctx,
+            ("one-file", mode),
+            (r + c) % 2 == 1,
+            lambda tag=tag, prev=prev: base.release(work_tree, tag, b_roots, mode, prev),
+            lambda tid=tid: ferry.release(tid),
+        )
+        prev = tag
+        for n in names:  # the release really is live, byte for byte for the changed file
+            if (f_roots[n] / live / rel).read_bytes() != data:
+                raise RuntimeError(f"{n}: {rel} is not the released content")
     run("rm", "-rf", *b_roots.values(), *f_roots.values(), work_tree)
 
 
@@ -401,10 +465,16 @@ def median_phases(phases: list[dict]) -> dict:
 def report(results: dict, args: argparse.Namespace) -> dict:
     """Print the table and return the JSON-able summary."""
     rows, out = [], {"cases": []}
-    print(f"\n{args.hosts} hosts, {args.files} files, ~{args.mb} MB, repeat {args.repeat}, forks {args.forks}, "
-          f"ssh masters {'cold' if args.cold else 'warm (ControlPersist)'} for Ferry")  # fmt: skip
-    print(f"{'case':<10} {'mode':<8} {'baseline min/med s':>19} {'ferry min/med s':>16} {'ratio med':>9} "
-          f"{'ratio min':>9} {'target':>6}")  # fmt: skip
+    print(
+        f"\n{args.hosts} hosts, {args.files} files, ~{args.mb:.0f} MB, {args.repeat} round(s) x {args.changes} "
+        f"one-file change(s), forks {args.forks}, "
+        f"ssh masters {'cold' if args.cold else 'warm (ControlPersist)'} for Ferry, "
+        f"1-min load average at each round {args.load}"
+    )
+    print(
+        f"{'case':<10} {'mode':<8} {'baseline min/med s':>19} {'ferry min/med s':>16} {'ratio med':>9} "
+        f"{'ratio min':>9} {'target':>6}"
+    )
     for case in CASES:
         for mode in args.modes:
             b, f = results[(case, mode, "baseline")], results[(case, mode, "ferry")]
@@ -418,17 +488,27 @@ def report(results: dict, args: argparse.Namespace) -> dict:
                 f"{ratio_med:>8.2f}x {ratio_min:>8.2f}x {'<=' + str(target) + 'x':>6} "
                 f"{'ok' if ratio_med <= target else 'MISSED'}"
             )
-            out["cases"].append({
-                "case": case, "mode": mode, "baseline": bs, "ferry": fs, "ratio_median": round(ratio_med, 3),
-                "ratio_min": round(ratio_min, 3), "target": target, "ferry_phases_median": median_phases(f.phases),
-            })  # fmt: skip
+            out["cases"].append(
+                {
+                    "case": case,
+                    "mode": mode,
+                    "baseline": bs,
+                    "ferry": fs,
+                    "ratio_median": round(ratio_med, 3),
+                    "ratio_min": round(ratio_min, 3),
+                    "target": target,
+                    "ferry_phases_median": median_phases(f.phases),
+                }
+            )
     print("\n".join(rows))
     st = results[("staging", "one-file", "ferry")]
     if st.seconds:
         s = st.summary()
         out["staging_one_file"] = {**s, "target": STAGING_TARGET}
-        print(f"staging update, one file (svn update + snapshot commit, click → testing): "
-              f"{s['min']:.2f}/{s['median']:.2f} s (target <= {STAGING_TARGET} s)")  # fmt: skip
+        print(
+            f"staging update, one file (svn update + snapshot commit, click → testing): "
+            f"{s['min']:.2f}/{s['median']:.2f} s (target <= {STAGING_TARGET} s)"
+        )
     print("\nFerry phases (median seconds from the click; ansible event timestamps):")
     for item in out["cases"]:
         phases = ", ".join(f"{k} {v:.2f}" for k, v in item["ferry_phases_median"].items())
@@ -442,7 +522,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hosts", type=int, default=10)
     p.add_argument("--files", type=int, default=5000)
     p.add_argument("--mb", type=float, default=60.0, help="approximate size of the tree in MB")
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=3, help="rounds: one full release per mode per round")
+    p.add_argument("--changes", type=int, default=2, help="one-file releases per mode per round")
     p.add_argument("--forks", type=int, default=0, help="Project.forks (default: the number of hosts)")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated: inplace,atomic")
     p.add_argument("--cold", action="store_true", help="close Ferry's ssh masters before each release")
@@ -452,8 +533,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=None, help="scratch dir (default: a new temp dir, removed)")
     args = p.parse_args(argv)
     if args.quick:
-        args.hosts, args.files, args.repeat, args.mb = 3, 500, 1, args.mb * 500 / 5000
+        args.hosts, args.files, args.repeat, args.changes, args.mb = 3, 500, 1, 1, args.mb * 500 / 5000
     args.forks = args.forks or args.hosts
+    args.load = []
     args.modes = [m for m in args.modes.split(",") if m]
     if set(args.modes) - set(MODES):
         p.error(f"--modes: {args.modes} (allowed: {MODES})")
@@ -507,12 +589,24 @@ def main(argv: list[str] | None = None) -> int:
             base.hostset = hostset
             with ferry_app(tmp, args.redis_url) as ferry:
                 control_dir = Path(ferry.app.config["FERRY_DATA_DIR"]) / "ansible" / "cp"
-                ctx = {"hostset": hostset, "ferry": ferry, "svn": svn, "baseline": base, "tmp": tmp,
-                       "paths": paths, "forks": args.forks, "control_dir": control_dir}  # fmt: skip
+                ctx = {
+                    "hostset": hostset,
+                    "ferry": ferry,
+                    "svn": svn,
+                    "baseline": base,
+                    "tmp": tmp,
+                    "paths": paths,
+                    "forks": args.forks,
+                    "control_dir": control_dir,
+                    "load": args.load,
+                    "results": results,
+                    "cold": args.cold,
+                    "changes": args.changes,
+                }
                 try:
                     for r in range(args.repeat):
                         for mode in args.modes:
-                            one_round(ctx, r, mode, results, args.cold)
+                            one_round(ctx, r, mode)
                 finally:
                     close_masters(control_dir)
         summary = report(results, args)

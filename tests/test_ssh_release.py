@@ -7,13 +7,16 @@ import json
 import os
 import shlex
 import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import World, build_world
+from tests.conftest import TEST_REDIS_URL, World, build_world
 from tests.support.flow import Flow
+from tests.support.hosts_fixture import require_netns_hosts
 from tests.support.netns_hosts import HostSet
 from tests.support.site import LocalHosts, sh, tree_of
 from webapp import projects as svc
@@ -24,7 +27,8 @@ from webapp.releases import snapshot_git_dir
 pytestmark = [pytest.mark.ssh, pytest.mark.integration]
 
 GROUP = "web"
-PLAYBOOKS = Path(__file__).resolve().parent.parent / "playbooks"
+REPO = Path(__file__).resolve().parent.parent
+PLAYBOOKS = REPO / "playbooks"
 
 
 @dataclass
@@ -125,8 +129,8 @@ def stage_events(run: Run) -> dict[str, dict]:
 
 
 def test_full_cycle_atomic_release_and_rollback_byte_for_byte(make_world, tmp_path):
-    """File → stage → approve → release v1, v2 (content, delete, exec bits), then roll back to v1."""
-    s = make_world()
+    """File → stage → approve → release v1, v2 (content, delete, exec bits), roll back to v1, then v3 prunes v1."""
+    s = make_world(keep_releases=2)
     flow, world = s.flow, s.world
     t1 = flow.ship({"index.html": "<h1>v1 over ssh</h1>\n"}, "v1")
     assert t1["version"] == 1
@@ -164,7 +168,19 @@ def test_full_cycle_atomic_release_and_rollback_byte_for_byte(make_world, tmp_pa
     for name in s.names:
         assert s.live(name) == "releases/1"
         assert tree_of(s.roots[name] / "current") == want1
-    assert flow.client.get("/api/projects/site/releases", headers=world.headers("dev")).status_code == 200
+    history = flow.client.get("/api/projects/site/releases", headers=world.headers("dev")).get_json()
+    assert [(r["version"], r["live"], r["bad"]) for r in history] == [(2, False, True), (1, True, False)]
+
+    # keep_releases=2: v3 goes live and v1 leaves releases/ at once; its files go in the background.
+    t3 = flow.ship({"index.html": "<h1>v3</h1>\n"}, "v3")
+    assert t3["version"] == 3
+    for name in s.names:
+        assert sorted(p.name for p in (s.roots[name] / "releases").iterdir()) == ["2", "3"]
+        assert (s.roots[name] / "current/index.html").read_text() == "<h1>v3</h1>\n"
+    deadline = time.monotonic() + 30
+    while any(any((s.roots[n] / ".ferry-trash").iterdir()) for n in s.names) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(any((s.roots[n] / ".ferry-trash").iterdir()) for n in s.names)
 
 
 def test_unreachable_host_fails_release_then_retry_restages_only_that_host(make_world, tmp_path):
@@ -244,7 +260,7 @@ def test_changed_host_key_is_refused_not_trusted(make_world):
         s.hostset.restore_host_key(odd)
     assert t["state"] == "release_failed"
     hosts = {h["host"]: h for h in t["hosts"]}
-    assert hosts[odd]["status"] in ("unreachable", "failed")
+    assert hosts[odd]["status"] == "unreachable"
     assert "Host key verification failed" in hosts[odd]["message"], hosts[odd]
     assert all(s.live(n) is None for n in s.names)
     known = s.hostset.known_hosts.read_text()
@@ -293,3 +309,20 @@ def test_forks_reach_ansible_and_nothing_is_compressed(make_world, tmp_path):
     cfg = configparser.ConfigParser(interpolation=None)
     cfg.read(PLAYBOOKS / "ansible.cfg")
     assert "-C" not in shlex.split(cfg["ssh_connection"]["ssh_args"])
+
+
+def test_release_fanout_benchmark_quick_smoke(tmp_path):
+    """bench/release_fanout.py --quick runs end to end and writes its JSON (a smoke test: no timing asserted)."""
+    require_netns_hosts()
+    out = tmp_path / "fanout.json"
+    argv = [sys.executable, "bench/release_fanout.py", "--quick", "--redis-url", TEST_REDIS_URL, "--out", str(out)]
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    data = json.loads(out.read_text())
+    cases = {(c["case"], c["mode"]): c for c in data["cases"]}
+    assert set(cases) == {(case, mode) for case in ("full", "one-file") for mode in ("inplace", "atomic")}
+    for case in cases.values():
+        assert case["baseline"]["median"] > 0 and case["ferry"]["median"] > 0
+        assert case["ferry_phases_median"]["click → job → ansible-playbook up"] > 0
+    assert data["staging_one_file"]["samples"]
+    assert "ratio med" in proc.stdout  # the table was printed

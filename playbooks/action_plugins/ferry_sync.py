@@ -6,6 +6,8 @@ import os
 import re
 import shlex
 import subprocess
+import tempfile
+import time
 
 from ansible.errors import AnsibleConnectionFailure
 from ansible.plugins.action import ActionBase
@@ -19,6 +21,9 @@ UNREACHABLE_ERR = re.compile(
     r"ssh: |connection unexpectedly closed|Connection (refused|timed out|reset|closed)|"
     r"No route to host|Could not resolve|Host key verification failed|Permission denied \(publickey",
 )
+# Printed to stderr by the remote preparation that runs before rsync's server (see Host.rsync's prepare).
+PREPARE_FAILED = "ferry: preparing the destination failed"
+LIVE_MARK = "ferry-live="
 
 
 class SyncError(Exception):
@@ -104,17 +109,34 @@ class Host:
             raise SyncError(msg[-MAX_MSG:])
         return res.get("stdout") or ""
 
-    def rsync(self, args: list[str]) -> list[str]:
-        """Run rsync on the controller; return its itemized change lines."""
+    def rsync(self, args: list[str], prepare: str | None = None) -> tuple[list[str], str]:
+        """Run rsync on the controller; return its itemized change lines and its stderr.
+
+        `prepare` is a remote shell snippet run in the same ssh session just before rsync's server
+        (via --rsync-path), which saves a round trip per host; it must print PREPARE_FAILED to stderr
+        and exit when it fails. Local hosts ignore it (the caller prepares with sh()).
+        """
         argv = ["rsync", "-a", "--out-format=%i %n%L", *args]
         if self.rsh:
             argv[1:1] = ["--rsh", self.rsh]
-        proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+            if prepare:
+                argv[1:1] = [f"--rsync-path={prepare}; exec rsync"]
+        # stderr goes to a file, not a pipe: when rsync's ssh starts the ControlPersist master, the
+        # backgrounded master keeps stderr open, and reading a pipe to EOF would wait for it to exit.
+        with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as err_file:
+            proc = subprocess.run(
+                argv, stdout=subprocess.PIPE, stderr=err_file, text=True, stdin=subprocess.DEVNULL, check=False
+            )
+            err_file.seek(0)
+            stderr = err_file.read()
         if proc.returncode != 0:
-            err = (proc.stderr.strip() or proc.stdout.strip())[-MAX_MSG:]
+            if PREPARE_FAILED in stderr:  # the host answered: the destination is the problem
+                why = [ln for ln in stderr.splitlines() if ln and not ln.startswith(("rsync", PREPARE_FAILED))]
+                raise SyncError(f"{PREPARE_FAILED}: {' '.join(why)[-MAX_MSG:]}")
+            err = (stderr.strip() or proc.stdout.strip())[-MAX_MSG:]
             unreachable = not self.local and proc.returncode in UNREACHABLE_RC and bool(UNREACHABLE_ERR.search(err))
             raise SyncError(f"rsync failed (rc {proc.returncode}): {err}", unreachable=unreachable)
-        return [ln for ln in proc.stdout.splitlines() if ln]
+        return [ln for ln in proc.stdout.splitlines() if ln], stderr
 
 
 ITEM_FILE = re.compile(r"^(\*deleting |[<>ch.][fLDS])")
@@ -151,7 +173,7 @@ class ActionModule(ActionBase):
             elif op == "stage":
                 out = self._stage(host, root, version, args)
             elif op == "switch":
-                out = self._switch(host, root, version)
+                out = self._switch(host, root, version, args)
             elif op == "prune":
                 out = self._prune(host, root, args)
             else:
@@ -172,44 +194,47 @@ class ActionModule(ActionBase):
                 "msg": f"ferry_sync: bad arguments: {exc!r}",
             }
         n = out.get("changed_files", 0)
+        pruned = out.pop("prune", None)  # switch with keep= also pruned, in the same round trip
         result.update(
-            changed=bool(out.pop("changed", False) or n),
-            msg=out.pop("msg", ""),
+            changed=bool(out.pop("changed", False) or n or (pruned and pruned["changed"])),
+            msg=out.pop("msg", "") + (f"; {pruned['msg']}" if pruned else ""),
             ferry_changed_files=n,
-            ferry={"sync": {host.name: {op: out}}},
+            ferry={"sync": {host.name: {op: out, **({"prune": pruned} if pruned else {})}}},
         )
         return result
 
     def _stage(self, host: Host, root: str, version: int, args: dict) -> dict:
-        """Rsync release_dir to releases/N (atomic, hard-linked to the live release) or straight into root."""
+        """Rsync release_dir to releases/N (atomic, hard-linked to the live release) or straight into root.
+
+        A remote host needs one ssh session (the layout is made by rsync's --rsync-path prefix, which
+        also reports the live release); a local host gets a shell probe first.
+        """
         src = str(args["release_dir"]).rstrip("/") + "/"
         if not os.path.isdir(src):
             raise SyncError(f"release_dir {src} does not exist on the controller")
         mode = args.get("mode", "atomic")
-        if mode == "inplace":
-            host.sh(f"mkdir -p {_q(root)}")
-            lines = host.rsync(["--delete", *EXCLUDES, src, host.dest(root + "/")])
-            return self._stage_result(version, None, lines, f"{root}/")
-        if mode != "atomic":
+        if mode not in ("atomic", "inplace"):
             raise SyncError(f"unknown mode {mode!r}")
-        shared = [p.strip("/") for p in args.get("shared_paths") or [] if p.strip("/")]
-        rel = f"{root}/releases/{version}"
-        # One round trip: create the layout, report the live release and which shared paths are missing.
-        probe = [f"mkdir -p {_q(root + '/releases')} {_q(root + '/shared')} || exit 1"]
-        probe.append(f"echo live=$(readlink {_q(root + '/current')} 2>/dev/null)")
-        for p in shared:
-            probe.append(f"mkdir -p {_q(os.path.dirname(f'{root}/shared/{p}'))} || exit 1")
-            probe.append(f"[ -e {_q(f'{root}/shared/{p}')} ] || [ -L {_q(f'{root}/shared/{p}')} ] || echo missing={p}")
-        out = host.sh("\n".join(probe))
-        m = re.search(r"^live=(?:.*/)?(\d+)/?$", out, re.MULTILINE)
-        live = int(m.group(1)) if m else None
-        missing = re.findall(r"^missing=(.+)$", out, re.MULTILINE)
-        rsync_args = ["--delete", *EXCLUDES, *[f"--exclude=/{p}" for p in shared]]
-        if live is not None and live != version:
-            rsync_args.append(f"--link-dest={root}/releases/{live}")
-        lines = host.rsync([*rsync_args, src, host.dest(rel + "/")])
-        linked = self._link_shared(host, root, rel, shared, missing, src) if shared else False
-        res = self._stage_result(version, live, lines, rel)
+        shared = [p.strip("/") for p in args.get("shared_paths") or [] if p.strip("/")] if mode == "atomic" else []
+        if mode == "inplace":
+            dest, dirs, rsync_args = f"{root}/", [root], ["--delete", *EXCLUDES]
+        else:
+            dest, dirs = f"{root}/releases/{version}", [f"{root}/releases", f"{root}/shared"]
+            # Relative to the destination: current's target (the live release) when there is one; rsync
+            # only warns when it does not exist yet. Unchanged files become hard links, only changes travel.
+            rsync_args = ["--delete", *EXCLUDES, *[f"--exclude=/{p}" for p in shared], "--link-dest=../../current"]
+        mkdir = f"mkdir -p {' '.join(_q(d) for d in dirs)}"
+        live_echo = f"echo {LIVE_MARK}$(readlink {_q(root + '/current')} 2>/dev/null)"
+        prepare = f"{mkdir} || {{ echo {_q(PREPARE_FAILED)} >&2; exit 1; }}; {live_echo} >&2"
+        t0 = time.monotonic()
+        probed = host.sh(f"{mkdir} || exit 1\n{live_echo}") if host.local else ""
+        t1 = time.monotonic()
+        lines, stderr = host.rsync([*rsync_args, src, host.dest(dest + "/")], prepare=prepare)
+        t2 = time.monotonic()
+        m = re.search(rf"^{LIVE_MARK}(?:.*/)?(\d+)/?$", probed + stderr, re.MULTILINE)
+        live = int(m.group(1)) if m and mode == "atomic" else None
+        linked = self._link_shared(host, root, dest, shared, src) if shared else False
+        res = self._stage_result(version, live, lines, dest, [t0, t1, t2, time.monotonic()])
         res["changed"] = linked
         return res
 
@@ -219,10 +244,14 @@ class ActionModule(ActionBase):
         root: str,
         rel: str,
         shared: list[str],
-        missing: list[str],
         src: str,
     ) -> bool:
         """Seed missing shared paths from the release once, then symlink each into the release."""
+        probe = []
+        for p in shared:
+            probe.append(f"mkdir -p {_q(os.path.dirname(f'{root}/shared/{p}'))} || exit 1")
+            probe.append(f"[ -e {_q(f'{root}/shared/{p}')} ] || [ -L {_q(f'{root}/shared/{p}')} ] || echo missing={p}")
+        missing = re.findall(r"^missing=(.+)$", host.sh("\n".join(probe)), re.MULTILINE)
         for p in missing:
             if os.path.lexists(src + p):
                 # Seed from the release tree (e.g. a default config); never overwritten afterwards.
@@ -244,20 +273,26 @@ class ActionModule(ActionBase):
         return "linked" in host.sh("\n".join(script))
 
     @staticmethod
-    def _stage_result(version: int, live: int | None, lines: list[str], dest: str) -> dict:
-        """Summarise an rsync run for the event / DB."""
+    def _stage_result(version: int, live: int | None, lines: list[str], dest: str, marks: list[float]) -> dict:
+        """Summarise an rsync run for the event / DB, with the seconds each step took (probe, rsync, shared)."""
         n = _count_changes(lines)
+        steps = ("probe", "rsync", "shared")
         return {
             "version": version,
             "live_before": live,
             "dest": dest,
             "changed_files": n,
             "sample": lines[:MAX_SAMPLE],
+            "seconds": {k: round(b - a, 3) for k, a, b in zip(steps, marks, marks[1:], strict=False)},
             "msg": f"staged v{version} to {dest}: {n} changed file(s)",
         }
 
-    def _switch(self, host: Host, root: str, version: int) -> dict:
-        """Point current at releases/N with ln -s + mv -T (an atomic rename, never rm + ln)."""
+    def _switch(self, host: Host, root: str, version: int, args: dict) -> dict:
+        """Point current at releases/N with ln -s + mv -T (an atomic rename, never rm + ln); prune when keep is given.
+
+        Pruning rides on the switch's round trip: one ssh command per host instead of a second task,
+        which would cost a fork and events per host (the switch itself still happens first).
+        """
         tmp, cur = f"{root}/.current.tmp-{version}", f"{root}/current"
         script = f"""
 [ -d {_q(f"{root}/releases/{version}")} ] || {{ echo "releases/{version} is not staged" >&2; exit 1; }}
@@ -265,31 +300,66 @@ if [ -e {_q(cur)} ] && [ ! -L {_q(cur)} ]; then echo "{cur} exists and is not a 
 echo old=$(readlink {_q(cur)} 2>/dev/null)
 rm -f {_q(tmp)} && ln -s releases/{version} {_q(tmp)} && mv -T {_q(tmp)} {_q(cur)} || exit 1
 """
+        prune = args.get("keep") not in (None, "")
+        if prune:
+            script += _prune_script(root, args)
         # strip(): Ansible appends "&& sleep 0" to the command, which must not start a line.
         out = host.sh(script.strip())
         m = re.search(r"^old=(.*)$", out, re.MULTILINE)
         old = (m.group(1).strip() if m else "") or None
-        return {
+        res = {
             "version": version,
             "previous": old,
             "changed": old != f"releases/{version}",
             "msg": f"current -> releases/{version} (was {old or 'none'})",
         }
+        if prune:
+            res["prune"] = _prune_result(out)
+        return res
 
     def _prune(self, host: Host, root: str, args: dict) -> dict:
         """Remove old releases beyond the newest `keep`, never the live or a protected one."""
-        keep = max(int(args.get("keep") or 5), 1)
-        protect = {int(v) for v in args.get("protect_versions") or []}
-        out = host.sh(f"echo live=$(readlink {_q(root + '/current')} 2>/dev/null); ls -1 {_q(root + '/releases')}")
-        m = re.search(r"^live=(?:.*/)?(\d+)/?$", out, re.MULTILINE)
-        live = int(m.group(1)) if m else None
-        versions = sorted((int(x) for x in out.splitlines() if x.isdigit()), reverse=True)
-        drop = [v for v in versions[keep:] if v != live and v not in protect]
-        if drop:
-            host.sh("rm -rf -- " + " ".join(_q(f"{root}/releases/{v}") for v in drop))
-        return {
-            "removed": drop,
-            "kept": [v for v in versions if v not in drop],
-            "changed": bool(drop),
-            "msg": f"pruned {drop or 'nothing'}",
-        }
+        return _prune_result(host.sh(_prune_script(root, args).strip()))
+
+
+def _prune_script(root: str, args: dict) -> str:
+    """Shell that lists releases/ newest first and removes each beyond `keep` unless live or protected.
+
+    Removing is a rename into .ferry-trash/ (instant); the files are deleted in the background, so the
+    release does not wait for one unlink per file (seconds for 10 hosts x 5,000 files on shared disks).
+    What an earlier background delete left (it failed, or still runs) is deleted again and reported.
+    The trash dir itself is never removed, so a later prune's mv cannot race a running delete.
+    """
+    keep = max(int(args.get("keep") or 5), 1)
+    protect = " ".join(str(int(v)) for v in args.get("protect_versions") or [])
+    rel, trash = _q(f"{root}/releases"), _q(f"{root}/.ferry-trash")
+    # Versions are numeric directory names; `live` is read after any switch in the same script.
+    return f"""
+echo trash_left=$(ls -A {trash} 2>/dev/null | wc -l)
+live=$(readlink {_q(root + "/current")} 2>/dev/null); live=${{live%/}}; live=${{live##*/}}
+n=0
+for v in $(ls -1 {rel} 2>/dev/null | grep -x '[0-9][0-9]*' | sort -rn); do
+  n=$((n + 1)); echo have=$v
+  [ $n -le {keep} ] && continue
+  case " $live {protect} " in *" $v "*) continue;; esac
+  mkdir -p {trash} && mv -- {rel}/$v {trash}/$v.$$ || exit 1
+  echo removed=$v
+done
+if [ -n "$(ls -A {trash} 2>/dev/null)" ]; then
+  nohup rm -rf -- {trash}/* </dev/null >/dev/null 2>&1 &
+fi
+"""
+
+
+def _prune_result(out: str) -> dict:
+    """Turn the prune script's have=/removed= lines into the prune result."""
+    have = [int(v) for v in re.findall(r"^have=(\d+)$", out, re.MULTILINE)]
+    drop = [int(v) for v in re.findall(r"^removed=(\d+)$", out, re.MULTILINE)]
+    left = re.search(r"^trash_left=\s*(\d+)$", out, re.MULTILINE)
+    return {
+        "removed": drop,
+        "kept": [v for v in have if v not in drop],
+        "trash_left": int(left.group(1)) if left else 0,
+        "changed": bool(drop),
+        "msg": f"pruned {drop or 'nothing'}",
+    }
