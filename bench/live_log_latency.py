@@ -89,7 +89,11 @@ def main() -> None:
         dev = svc.create_user(db.session, "dev", PASSWORD)
         lead = svc.create_user(db.session, "lead", PASSWORD)
         project = svc.create_project(
-            db.session, "site", svn_url=svn.url, staging_dir=str(work / "staging"), inventory=str(hosts.inventory),
+            db.session,
+            "site",
+            svn_url=svn.url,
+            staging_dir=str(work / "staging"),
+            inventory=str(hosts.inventory),
             group=hosts.group,
         )
         svc.set_member(db.session, project, dev, "developer")
