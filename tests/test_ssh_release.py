@@ -315,12 +315,14 @@ def test_release_fanout_benchmark_quick_smoke(tmp_path):
     """bench/release_fanout.py --quick runs end to end and writes its JSON (a smoke test: no timing asserted)."""
     require_netns_hosts()
     out = tmp_path / "fanout.json"
-    argv = [sys.executable, "bench/release_fanout.py", "--quick", "--redis-url", TEST_REDIS_URL, "--out", str(out)]
+    # Atomic mode only: it runs every step of the script in ~25 s; both modes would double that.
+    argv = [sys.executable, "bench/release_fanout.py", "--quick", "--modes", "atomic", "--out", str(out)]
+    argv += ["--redis-url", TEST_REDIS_URL]
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     data = json.loads(out.read_text())
     cases = {(c["case"], c["mode"]): c for c in data["cases"]}
-    assert set(cases) == {(case, mode) for case in ("full", "one-file") for mode in ("inplace", "atomic")}
+    assert set(cases) == {("full", "atomic"), ("one-file", "atomic")}
     for case in cases.values():
         assert case["baseline"]["median"] > 0 and case["ferry"]["median"] > 0
         assert case["ferry_phases_median"]["click → job → ansible-playbook up"] > 0
