@@ -106,6 +106,9 @@ def _release(ctx: RunContext) -> str:
             "protect_versions": releases.protected_versions(db.session, project),
             "shared_paths": project.shared_paths,
             "stage_hosts": run.only_hosts,
+            "live_version": project.live_version,
+            "live_dir": str(base / "live"),
+            "check_drift": not getattr(run, "overwrite_drift", False),
             **({"hook_tasks": project.hook_tasks} if project.hook_tasks else {}),
         },
         envvars=ansible_envvars(),
@@ -120,7 +123,8 @@ def _release(ctx: RunContext) -> str:
         should_cancel=ctx.should_cancel,
     )
     if result.status != "successful":
-        _fail(ctx, result, result.status, result.error or f"release {result.status}", hosts)
+        error = (result.error or f"release {result.status}") + _switch_back_note(result, project, version, hosts)
+        _fail(ctx, result, result.status, error, hosts)
         return result.status
     ctx.finish(result, "successful", hosts_filter=set(hosts))
     _record_success(ticket, project, version, commit, run.started_by_id)
@@ -166,6 +170,47 @@ def _record_success(ticket: Ticket, project: Project, version: int, commit: str,
                 f"rollback #{ticket.id} abandoned version {abandoned.version}, which this ticket carries; test again",
                 approved_by_id=None,
             )
+
+
+def _switch_back_note(result: runner.RunResult, project: Project, version: int, hosts: list[str]) -> str:
+    """Say where the fleet stands after a run that failed once hosts already served version N.
+
+    Rule (README "Release integrity"): whatever fails after a switch, every switched host is put back on the
+    live version, so Ferry's record (the live version) equals what the hosts serve. A host that could not be
+    put back is named. In-place mode's first release has nothing to go back to: N is recorded as live.
+    """
+    sync = result.outputs.get("sync") or {}
+    live = project.live_version
+    if project.deploy_mode == "inplace":
+        touched = [h for h in hosts if "revert" in (sync.get(h) or {})]
+        if touched and live is None:
+            _record_inplace_first(project, version)
+            return f"; in-place first release: nothing to go back to, version {version} is live; retry runs the hooks"
+    else:
+        touched = [h for h in hosts if "switch" in (sync.get(h) or {})]
+    if not touched:
+        return ""
+    stuck = [h for h in touched if not (sync.get(h, {}).get("revert") or {}).get("reverted")]
+    if not stuck:
+        return f"; every host is back on version {live}" if live else "; every host serves nothing again"
+    return f"; {', '.join(stuck)} could not be switched back and may still serve version {version}"
+
+
+def _record_inplace_first(project: Project, version: int) -> None:
+    """Record version N as live when an in-place first release synced it and a hook failed afterwards."""
+    run_ticket = db.session.scalar(select(Ticket).where(Ticket.project_id == project.id, Ticket.version == version))
+    if releases.get_release(db.session, project, version) is None and run_ticket is not None:
+        db.session.add(
+            Release(
+                project_id=project.id,
+                version=version,
+                commit=run_ticket.tested_commit,
+                ticket_id=run_ticket.id,
+                svn_revision=run_ticket.staging_revision,
+                created_at=utcnow(),
+            )
+        )
+    project.live_version = version
 
 
 def _fail(ctx: RunContext, result: runner.RunResult | None, status: str, error: str, hosts=None) -> None:

@@ -272,7 +272,9 @@ class _Tracker:
             if msg or status in ("failed", "unreachable"):
                 hr.message = _trim(msg)
         hr.changed_files += int(res.get("ferry_changed_files") or 0)
-        if kind == "runner_on_ok" and isinstance(res.get("ferry"), dict):
+        # Failed results carry data too (a failed staging update still records its snapshot; a drift check
+        # names the files), so both are merged.
+        if kind in ("runner_on_ok", "runner_on_failed") and isinstance(res.get("ferry"), dict):
             _merge(self.outputs, res["ferry"])
         if status in ("failed", "unreachable") and not self.error:
             self.error = _trim(f"{host}: {msg or status}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from webapp import tickets, workflow
 from webapp.errors import Conflict
 from webapp.extensions import db
@@ -10,12 +12,15 @@ from . import runner
 from .lifecycle import RunContext, ansible_envvars, execute, project_dir, run_dir_for
 
 PLAYBOOK = "staging_update.yml"
+# What a staging run keeps from its snapshot report (the changed list and counts, files not shipped).
+SNAPSHOT_OUTPUTS = ("svn_revision", "changed", "changed_count", "unversioned", "unversioned_count")
 
 
 def _untemplatable(text: str) -> str:
-    """Return user text with its braces replaced, so Ansible cannot render it as a Jinja template."""
+    """Return user text fit for a commit subject: braces replaced, control characters dropped."""
     # Ansible templates extravars: a reason holding "{{ lookup('pipe', ...) }}" would run on the worker.
-    return text.replace("{", "(").replace("}", ")")
+    # A NUL or an ANSI escape must not reach git (a NUL made the snapshot fail after svn had updated).
+    return re.sub(r"[\x00-\x1f\x7f-\x9f]+", " ", text.replace("{", "(").replace("}", ")"))
 
 
 def update_staging(run_id: int) -> str:
@@ -61,17 +66,23 @@ def _update(ctx: RunContext) -> str:
         on_event=ctx.on_event,
         should_cancel=ctx.should_cancel,
     )
+    snapshot = result.outputs.get("commit")
+    if snapshot:
+        # Success or not, staging now serves this snapshot: the project's staging head follows it, so
+        # "test passed" and the next ticket's "carries" list see exactly what testers can see.
+        run.commit = snapshot
+        run.outputs = {k: result.outputs[k] for k in SNAPSHOT_OUTPUTS if k in result.outputs}
+        project.staging_commit = snapshot
     if result.status != "successful":
         _fail(ctx, result, result.status, result.error or f"staging update {result.status}")
         return result.status
-    run.commit = result.outputs["commit"]
     ctx.finish(result, "successful")
     tickets.fire(
         db.session,
         ticket.id,
         workflow.STAGING_SUCCEEDED,
-        f"staging at r{result.outputs.get('svn_revision')}, snapshot {str(result.outputs.get('commit'))[:10]}",
-        staging_commit=result.outputs["commit"],
+        f"staging at r{result.outputs.get('svn_revision')}, snapshot {str(snapshot)[:10]}",
+        staging_commit=snapshot,
         staging_revision=result.outputs.get("svn_revision"),
         last_error="",
     )

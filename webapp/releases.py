@@ -12,7 +12,7 @@ from jobs import snapshots
 
 from . import tickets, validation, workflow
 from .errors import BadInput, Conflict, Forbidden, NotFound
-from .models import Project, Release, Ticket, TicketEvent, User
+from .models import Project, Release, Run, Ticket, TicketEvent, User
 from .workflow import Kind, State
 
 
@@ -69,8 +69,7 @@ def create_rollback(session: Session, project_name: object, user: User, version:
         raise NotFound(f"project {project_name!r} not found", "project")
     if not user.is_admin and user.role_in(project) is None:
         raise Forbidden("you are not a member of this project")
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise BadInput("version: must be an integer", "version")
+    version = validation.integer(version, "version", minimum=1)  # the API passes ints only, forms digits
     target = get_release(session, project, version)
     if target is None:
         raise NotFound(f"version {version} of {project.name} not found", "version")
@@ -101,27 +100,66 @@ def create_rollback(session: Session, project_name: object, user: User, version:
     return ticket
 
 
+def ship_target(ticket: Ticket) -> str | None:
+    """Return the snapshot releasing `ticket` would ship: the tested one, else what staging serves now."""
+    if ticket.tested_commit:
+        return ticket.tested_commit
+    return ticket.project.staging_commit or ticket.staging_commit
+
+
 def preview(session: Session, ticket: Ticket) -> dict:
-    """Describe what releasing `ticket` would change: files, and other tickets whose updates ride along."""
+    """Describe what releasing `ticket` would change against the live version.
+
+    files: the exact difference between the live tree and the tree that will ship (empty directories too);
+    diffs: text diffs of those files (capped); included_tickets: other tickets whose staging snapshots
+    (successful or failed half-way) ride along; unversioned: files staging shows that are not versioned
+    and will not ship; staging_moved_on: whether staging now serves a newer snapshot than the tested one.
+    """
     project = ticket.project
-    target = ticket.tested_commit or ticket.staging_commit
+    target = ship_target(ticket)
+    empty = {
+        "base_version": project.live_version,
+        "target": target,
+        "files": [],
+        "diffs": [],
+        "included_tickets": [],
+        "unversioned": [],
+        "staging_commit": project.staging_commit,
+        "staging_moved_on": False,
+    }
     if not target:
-        return {"base_version": project.live_version, "files": [], "included_tickets": []}
+        return empty
     live = live_release(session, project)
     git_dir = snapshot_git_dir(project)
     base = live.commit if live else None
-    files = snapshots.changed_files(git_dir, base, target)
     included = []
     if ticket.kind == Kind.RELEASE.value:
         commits = set(snapshots.commits_between(git_dir, base, target))
-        others = session.scalars(
-            select(Ticket).where(
-                Ticket.project_id == project.id, Ticket.id != ticket.id, Ticket.staging_commit.is_not(None)
+        runs = session.scalars(
+            select(Run).where(
+                Run.project_id == project.id,
+                Run.stage == "staging",
+                Run.commit.is_not(None),
+                Run.ticket_id != ticket.id,
             )
         )
-        # A ticket rides along when any of its staging snapshots is in the range; the history records them.
-        for other in others:
-            snaps = {other.staging_commit} | {r.commit for r in other.runs if r.stage == "staging" and r.commit}
-            if snaps & commits:
+        # A ticket rides along when any of its staging snapshots (a failed run's too) is in the range.
+        seen: set[int] = set()
+        for run in runs:
+            if run.commit in commits and run.ticket_id not in seen:
+                seen.add(run.ticket_id)
+                other = run.ticket
                 included.append({"id": other.id, "state": other.state, "reason": other.reason})
-    return {"base_version": project.live_version, "files": files, "included_tickets": included}
+        included.sort(key=lambda t: t["id"])
+    snapshot_run = session.scalar(
+        select(Run).where(Run.project_id == project.id, Run.stage == "staging", Run.commit == target).order_by(Run.id)
+    )
+    outputs = (snapshot_run.outputs or {}) if snapshot_run else {}
+    return {
+        **empty,
+        "files": snapshots.changed_files(git_dir, base, target),
+        "diffs": snapshots.text_diffs(git_dir, base, target),
+        "included_tickets": included,
+        "unversioned": list(outputs.get("unversioned") or []),
+        "staging_moved_on": bool(ticket.tested_commit and project.staging_commit not in (None, ticket.tested_commit)),
+    }

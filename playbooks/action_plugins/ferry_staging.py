@@ -5,21 +5,23 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from ansible.plugins.action import ActionBase
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lib"))
+import ferry_tree  # noqa: E402  (playbooks/lib: shared by the plugins, copied into every run dir)
+
 # Cap the changed-file list: it travels in every event and into the DB.
 MAX_CHANGED = 500
+MAX_UNVERSIONED = 200
 MAX_MSG = 2048
-GIT_IDENTITY = [
-    "-c",
-    "user.name=Ferry",
-    "-c",
-    "user.email=ferry@localhost",
-    "-c",
-    "safe.directory=*",
-]
+# svn status items that are versioned and whose disk content is what staging serves.
+VERSIONED = {"normal", "modified", "added", "replaced", "merged", "conflicted"}
+NOT_VERSIONED = {"unversioned", "ignored"}
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 
 
 class StagingError(Exception):
@@ -70,7 +72,7 @@ class Staging:
         self.paths = _clean_paths(args.get("svn_paths") or [])
         rev = args.get("svn_revision")
         self.rev = int(rev) if rev not in (None, "", "HEAD") else None
-        self.message = str(args.get("commit_message") or "staging update")
+        self.message = clean_message(str(args.get("commit_message") or ""))
         # Keep svn away from ~/.subversion (tests, multi-tenant workers); ops may pre-seed auth here.
         home = os.environ.get("ANSIBLE_HOME") or str(Path(self.wc).parent / ".ansible")
         self.config_dir = str(args.get("svn_config_dir") or Path(home) / "subversion")
@@ -78,16 +80,6 @@ class Staging:
     def svn(self, *argv: str) -> list[str]:
         """Build an svn argv that never prompts and uses our config dir."""
         return ["svn", "--non-interactive", "--config-dir", self.config_dir, *argv]
-
-    def git(self, *argv: str) -> list[str]:
-        """Build a git argv on the snapshot repository whose work tree is the svn working copy."""
-        return [
-            "git",
-            *GIT_IDENTITY,
-            f"--git-dir={self.git_dir}",
-            f"--work-tree={self.wc}",
-            *argv,
-        ]
 
     def rev_args(self) -> list[str]:
         """Return the -r option when a revision is pinned."""
@@ -156,38 +148,126 @@ class Staging:
         text = proc.stdout.strip()
         return int(text) if proc.returncode == 0 and text.isdigit() else None
 
-    def ensure_git(self) -> None:
-        """Create the snapshot git dir on first use, excluding .svn/."""
-        if os.path.isfile(os.path.join(self.git_dir, "HEAD")):
-            return
-        _check(_run(["git", f"--git-dir={self.git_dir}", "init", "-q"]), "git init")
-        with open(os.path.join(self.git_dir, "info", "exclude"), "a", encoding="utf-8") as fh:
-            fh.write(".svn/\n")
+    def tree(self) -> tuple[list[str], list[str], list[str]]:
+        """Return (files and symlinks, empty directories, not versioned) of the working copy as it is on disk.
 
-    def commit(self) -> tuple[str, list[str], int]:
-        """Commit the whole tree (always a new commit) and list what changed."""
-        _check(_run(self.git("add", "-A")), "git add")
-        # --allow-empty: every staging update gets its own commit id, even with no change.
-        _check(
-            _run(self.git("commit", "-q", "--allow-empty", "--no-verify", "-m", self.message)),
-            "git commit",
+        The versioned set comes from svn itself (`svn status -v`), never from the directory: runtime files
+        the staging site wrote are listed as not versioned and never enter the snapshot.
+        """
+        proc = subprocess.run(
+            self.svn("status", "-v", "--xml", "--no-ignore", "--ignore-externals", "--depth", "infinity", "--", "."),
+            cwd=self.wc,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            check=False,
         )
-        sha = _check(_run(self.git("rev-parse", "HEAD")), "git rev-parse").strip()
-        diff = _check(
-            _run(
-                self.git(
-                    "diff-tree",
-                    "--no-commit-id",
-                    "--name-status",
-                    "-r",
-                    "--root",
-                    "HEAD",
+        if proc.returncode != 0:
+            raise StagingError(f"svn status failed: {proc.stderr.decode('utf-8', 'replace').strip()[-MAX_MSG:]}")
+        files, dirs, unversioned = [], [], []
+        for entry in ET.fromstring(proc.stdout).iter("entry"):
+            path = entry.get("path") or ""
+            status = entry.find("wc-status")
+            item = status.get("item") if status is not None else ""
+            if path in ("", "."):
+                continue
+            if item in NOT_VERSIONED:
+                unversioned.append(path)
+                continue
+            if item not in VERSIONED:
+                continue  # missing, deleted, obstructed, external: not on disk as svn has it
+            full = os.path.join(self.wc, path)
+            if os.path.islink(full) or os.path.isfile(full):
+                files.append(path)
+            elif os.path.isdir(full):
+                dirs.append(path)
+        holding: set[str] = set()  # every directory with a file or symlink somewhere below it
+        for p in files:
+            parent = os.path.dirname(p)
+            while parent and parent not in holding:
+                holding.add(parent)
+                parent = os.path.dirname(parent)
+        empty = [d for d in dirs if d not in holding]
+        return sorted(files), sorted(empty), sorted(unversioned)
+
+    def ensure_git(self) -> None:
+        """Create the snapshot git dir on first use and make it exact (see playbooks/lib/ferry_tree.py)."""
+        if not os.path.isfile(os.path.join(self.git_dir, "HEAD")):
+            ferry_tree.git("init", "-q", git_dir=self.git_dir)
+        ferry_tree.make_exact(self.git_dir)
+
+    def commit(self) -> dict:
+        """Commit exactly the versioned tree (always a new commit) and list what changed."""
+        files, empty, unversioned = self.tree()
+        g = {"git_dir": self.git_dir, "work_tree": self.wc}
+        try:
+            indexed = set(ferry_tree.list_z(ferry_tree.git("ls-files", "-z", **g).stdout))
+            gone = sorted(indexed - set(files))
+            if gone:
+                ferry_tree.git("update-index", "-z", "--force-remove", "--stdin", stdin=ferry_tree.encode_z(gone), **g)
+            if files:
+                # -f: a .gitignore in the tree must not hide a versioned file; literal pathspecs (see git_env).
+                ferry_tree.git(
+                    "add",
+                    "-f",
+                    "--pathspec-from-file=-",
+                    "--pathspec-file-nul",
+                    stdin=ferry_tree.encode_z(files),
+                    **g,
                 )
-            ),
-            "git diff",
-        )
-        changed = [ln.replace("\t", " ", 1) for ln in diff.splitlines() if ln]
-        return sha, changed[:MAX_CHANGED], len(changed)
+            tree = ferry_tree.git("write-tree", **g).stdout.decode().strip()
+            parent = ferry_tree.git("rev-parse", "-q", "--verify", "HEAD^{commit}", check=False, **g)
+            head = parent.stdout.decode().strip() if parent.returncode == 0 else None
+            message = f"{self.message}\n\n{ferry_tree.tree_line(empty)}\n"
+            sha = (
+                ferry_tree.git(
+                    "commit-tree",
+                    tree,
+                    *(["-p", head] if head else []),
+                    "-F",
+                    "-",
+                    stdin=message.encode("utf-8"),
+                    **g,
+                )
+                .stdout.decode()
+                .strip()
+            )
+            ferry_tree.git("update-ref", "HEAD", sha, **g)
+        except ferry_tree.TreeError as exc:
+            raise StagingError(f"snapshot: {exc}") from exc
+        changed = self.changes(head, sha, empty)
+        return {
+            "commit": sha,
+            "changed": changed[:MAX_CHANGED],
+            "changed_count": len(changed),
+            "files": len(files),
+            "empty_dirs": len(empty),
+            "unversioned": unversioned[:MAX_UNVERSIONED],
+            "unversioned_count": len(unversioned),
+        }
+
+    def changes(self, head: str | None, sha: str, empty: list[str]) -> list[str]:
+        """Return "STATUS path" lines from the previous snapshot to this one, empty directories included."""
+        out = ferry_tree.git(
+            "diff-tree",
+            "-r",
+            "-z",
+            "--no-renames",
+            "--name-status",
+            head or ferry_tree.EMPTY_TREE,
+            sha,
+            git_dir=self.git_dir,
+        ).stdout
+        parts = ferry_tree.list_z(out)
+        lines = [f"{parts[i][:1]} {parts[i + 1]}" for i in range(0, len(parts) - 1, 2)]
+        before = set(ferry_tree.empty_dirs_of(self.git_dir, head)) if head else set()
+        lines += [f"A {d}/" for d in sorted(set(empty) - before)]
+        lines += [f"D {d}/" for d in sorted(before - set(empty))]
+        return lines
+
+
+def clean_message(text: str) -> str:
+    """Return user text fit for a one-line commit subject: no control characters (NUL, ANSI escapes)."""
+    return CONTROL.sub(" ", text).strip()[:200] or "staging update"
 
 
 class ActionModule(ActionBase):
@@ -197,32 +277,43 @@ class ActionModule(ActionBase):
     _requires_connection = False
 
     def run(self, tmp=None, task_vars=None):
-        """Run the staging update on the controller."""
+        """Run the staging update on the controller; whatever happens after svn touched staging, snapshot it."""
         result = super().run(tmp, task_vars)
         try:
             st = Staging(self._task.args)
+        except (KeyError, ValueError, StagingError) as exc:
+            return {**result, "failed": True, "msg": f"ferry_staging: bad arguments: {exc}"}
+        failure, out, rev, checked_out = None, "", None, False
+        try:
             checked_out = st.checkout_if_missing()
             out, rev = st.update()
-            st.ensure_git()
-            sha, changed, n_changed = st.commit()
         except StagingError as exc:
-            return {**result, "failed": True, "msg": str(exc)}
-        except (KeyError, ValueError) as exc:
+            failure = str(exc)
+        if not os.path.isdir(os.path.join(st.wc, ".svn")):
+            return {**result, "failed": True, "msg": failure or "no working copy"}
+        # Even when the update failed half-way, staging now serves something: record it, so no tree that
+        # testers could see is missing from the history (and the next snapshot does not carry it silently).
+        try:
+            st.ensure_git()
+            snap = st.commit()
+        except (StagingError, ferry_tree.TreeError) as exc:
+            msg = f"{failure}; " if failure else ""
+            return {**result, "failed": True, "msg": f"{msg}{exc}"}
+        revision = rev if rev is not None else st.wc_revision()
+        snap["svn_revision"] = revision
+        sha = snap["commit"]
+        if failure:
             return {
                 **result,
                 "failed": True,
-                "msg": f"ferry_staging: bad arguments: {exc}",
+                "msg": f"{failure} (staging as it is now was recorded as snapshot {sha[:12]})",
+                "ferry": snap,
             }
-        revision = rev if rev is not None else st.wc_revision()
         result.update(
-            changed=checked_out or n_changed > 0,
-            msg=f"staging at r{revision}, commit {sha[:12]}, {n_changed} changed file(s)",
+            changed=checked_out or snap["changed_count"] > 0,
+            msg=f"staging at r{revision}, commit {sha[:12]}, {snap['changed_count']} changed file(s), "
+            f"{snap['unversioned_count']} not versioned (not shipped)",
             svn_stdout=out[-MAX_MSG:],
-            ferry={
-                "svn_revision": revision,
-                "commit": sha,
-                "changed": changed,
-                "changed_count": n_changed,
-            },
+            ferry=snap,
         )
         return result

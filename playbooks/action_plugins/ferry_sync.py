@@ -176,6 +176,8 @@ class ActionModule(ActionBase):
                 out = self._switch(host, root, version, args)
             elif op == "prune":
                 out = self._prune(host, root, args)
+            elif op == "revert":
+                out = self._revert(host, root, version, args)
             else:
                 return {
                     **result,
@@ -215,9 +217,11 @@ class ActionModule(ActionBase):
         mode = args.get("mode", "atomic")
         if mode not in ("atomic", "inplace"):
             raise SyncError(f"unknown mode {mode!r}")
-        shared = [p.strip("/") for p in args.get("shared_paths") or [] if p.strip("/")] if mode == "atomic" else []
+        # Shared paths belong to the hosts in both modes: never deleted, never overwritten by a release.
+        shared = [p.strip("/") for p in args.get("shared_paths") or [] if p.strip("/")]
         if mode == "inplace":
-            dest, dirs, rsync_args = f"{root}/", [root], ["--delete", *EXCLUDES]
+            dest, dirs = f"{root}/", [root]
+            rsync_args = ["--delete", *EXCLUDES, *[f"--exclude=/{p}" for p in shared]]
         else:
             dest, dirs = f"{root}/releases/{version}", [f"{root}/releases", f"{root}/shared"]
             # Relative to the destination: current's target (the live release) when there is one; rsync
@@ -233,7 +237,10 @@ class ActionModule(ActionBase):
         t2 = time.monotonic()
         m = re.search(rf"^{LIVE_MARK}(?:.*/)?(\d+)/?$", probed + stderr, re.MULTILINE)
         live = int(m.group(1)) if m and mode == "atomic" else None
-        linked = self._link_shared(host, root, dest, shared, src) if shared else False
+        if mode == "inplace":
+            linked = self._seed_inplace(host, root, shared, src) if shared else False
+        else:
+            linked = self._link_shared(host, root, dest, shared, src) if shared else False
         res = self._stage_result(version, live, lines, dest, [t0, t1, t2, time.monotonic()])
         res["changed"] = linked
         return res
@@ -271,6 +278,19 @@ class ActionModule(ActionBase):
                 f"ln -s {_q(target)} {_q(link)} && echo linked; }} || exit 1"
             )
         return "linked" in host.sh("\n".join(script))
+
+    def _seed_inplace(self, host: Host, root: str, shared: list[str], src: str) -> bool:
+        """In-place mode: copy a shared path from the release only when the host has none (a default config)."""
+        probe = [f"[ -e {_q(f'{root}/{p}')} ] || [ -L {_q(f'{root}/{p}')} ] || echo missing={p}" for p in shared]
+        missing = re.findall(r"^missing=(.+)$", host.sh("\n".join(probe)), re.MULTILINE)
+        seeded = False
+        for p in missing:
+            if os.path.lexists(src + p):
+                parent = os.path.dirname(f"{root}/{p}")
+                host.sh(f"mkdir -p {_q(parent)}")
+                host.rsync([*EXCLUDES, src + p, host.dest(parent + "/")])
+                seeded = True
+        return seeded
 
     @staticmethod
     def _stage_result(version: int, live: int | None, lines: list[str], dest: str, marks: list[float]) -> dict:
@@ -316,6 +336,43 @@ rm -f {_q(tmp)} && ln -s releases/{version} {_q(tmp)} && mv -T {_q(tmp)} {_q(cur
         if prune:
             res["prune"] = _prune_result(out)
         return res
+
+    def _revert(self, host: Host, root: str, version: int, args: dict) -> dict:
+        """Put back what the host served before this run switched it to version N (a failed hook or check).
+
+        Atomic: `current` goes back to `previous` (as the switch reported it) with the same atomic rename, or
+        is removed when there was none (a first release: the host served nothing before). In-place: the live
+        version's tree (`live_dir` on the controller) is synced again; without one there is nothing to go
+        back to and the host keeps version N (reported as such).
+        """
+        if args.get("mode", "atomic") == "inplace":
+            live_dir = str(args.get("live_dir") or "")
+            if not args.get("live_version") or not os.path.isdir(live_dir):
+                return {"version": version, "reverted": False, "msg": f"in-place first release: v{version} stays"}
+            staged = self._stage(host, root, int(args["live_version"]), {**args, "release_dir": live_dir})
+            return {
+                "version": int(args["live_version"]),
+                "reverted": True,
+                "changed_files": staged["changed_files"],
+                "msg": f"re-synced v{args['live_version']}",
+            }
+        prev = str(args.get("previous") or "").strip().rstrip("/")
+        cur, tmp = f"{root}/current", f"{root}/.current.tmp-revert"
+        if prev and not re.fullmatch(r"releases/\d+", prev):
+            raise SyncError(f"cannot switch back to {prev!r}")
+        if prev:
+            action = f"rm -f {_q(tmp)} && ln -s {_q(prev)} {_q(tmp)} && mv -T {_q(tmp)} {_q(cur)}"
+        else:
+            action = f"rm -f {_q(cur)}"
+        # Only undo our own switch: a host whose current is not releases/N was not switched by this run.
+        host.sh(f'[ "$(readlink {_q(cur)} 2>/dev/null)" = releases/{version} ] || exit 0\n{action}')
+        back = int(prev.rsplit("/", 1)[1]) if prev else None
+        return {
+            "version": back,
+            "reverted": True,
+            "changed": True,
+            "msg": f"current -> {prev} again" if prev else "current removed (no earlier release)",
+        }
 
     def _prune(self, host: Host, root: str, args: dict) -> dict:
         """Remove old releases beyond the newest `keep`, never the live or a protected one."""

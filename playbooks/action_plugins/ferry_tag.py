@@ -4,37 +4,31 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 
 from ansible.plugins.action import ActionBase
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lib"))
+import ferry_tree  # noqa: E402  (playbooks/lib: shared by the plugins, copied into every run dir)
+
 MAX_MSG = 2048
-GIT_IDENTITY = [
-    "-c",
-    "user.name=Ferry",
-    "-c",
-    "user.email=ferry@localhost",
-    "-c",
-    "safe.directory=*",
-]
+TagError = ferry_tree.TreeError
 
 
-class TagError(Exception):
-    """A git step failed; the message is shown on the ticket."""
+class _Proc:
+    """Text view of a finished git process (stdout decoded)."""
+
+    def __init__(self, proc: subprocess.CompletedProcess) -> None:
+        """Decode git's output."""
+        self.returncode = proc.returncode
+        self.stdout = proc.stdout.decode("utf-8", "surrogateescape")
+        self.stderr = proc.stderr.decode("utf-8", "replace")
 
 
-def _git(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run git with Ferry's identity (argv only, never a shell)."""
-    proc = subprocess.run(
-        ["git", *GIT_IDENTITY, *argv],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        raise TagError(f"git {argv[-1] if argv else ''} failed: {(proc.stderr or proc.stdout).strip()[-MAX_MSG:]}")
-    return proc
+def _git(*argv: str, check: bool = True) -> _Proc:
+    """Run git with Ferry's fixed, exact configuration (argv only, never a shell)."""
+    return _Proc(ferry_tree.git(*argv, check=check))
 
 
 def _resolve(git_dir: str, ref: str) -> str | None:
@@ -72,24 +66,37 @@ def tag_version(snapshot: str, commit: str, version: int) -> tuple[str, bool]:
     return sha, True
 
 
-def checkout_release(snapshot: str, release_dir: str, version: int, sha: str) -> None:
-    """Clone on first use, fetch tags and force the work tree to exactly tag N."""
+def checkout_release(snapshot: str, release_dir: str, version: int, sha: str | None = None) -> str:
+    """Clone on first use, fetch tags and force the work tree to exactly tag N (empty directories too).
+
+    The clone is made exact first (ferry_tree.make_exact): no .gitattributes in the tree can convert line
+    endings or run filters on checkout. Returns the commit checked out.
+    """
     if not os.path.isdir(os.path.join(release_dir, ".git")):
         _git("clone", "-q", "--no-checkout", snapshot, release_dir)
+    ferry_tree.make_exact(os.path.join(release_dir, ".git"))
     repo = f"--git-dir={release_dir}/.git", f"--work-tree={release_dir}"
     _git(*repo, "fetch", "-q", "--force", snapshot, "+refs/tags/*:refs/tags/*")
+    want = _resolve(f"{release_dir}/.git", f"refs/tags/{version}")
+    if want is None:
+        raise TagError(f"version {version} has no tag in {snapshot}")
+    if sha is not None and want != sha:
+        raise TagError(f"tag {version} points to {want}, expected {sha}")
     started = time.time()
     _git(*repo, "checkout", "-q", "-f", "--detach", f"refs/tags/{version}^{{commit}}")
-    # -x as well: the tree must be exactly the tag, with no leftovers from an older checkout.
+    # -x as well: the tree must be exactly the tag, with no leftovers from an older checkout; -d also drops
+    # directories that an older version recorded as empty (made again below when this version has them).
     _git(*repo, "clean", "-q", "-f", "-d", "-x")
+    ferry_tree.make_dirs(release_dir, ferry_tree.empty_dirs_of(f"{release_dir}/.git", want))
     head = _resolve(f"{release_dir}/.git", "HEAD")
-    if head != sha:
-        raise TagError(f"release tree is at {head}, expected {sha}")
+    if head != want:
+        raise TagError(f"release tree is at {head}, expected {want}")
     # Kernel file times lag time.time() by up to a tick: look a second back (re-restoring is harmless).
     restore_mtimes(release_dir, since=started - 1.0)
     # Record the restored files' new stat data in the index. Otherwise every later checkout distrusts
     # them and re-reads their content to find what changed (~1 s per 60 MB, on every release).
     _git(*repo, "update-index", "-q", "--refresh", check=False)
+    return want
 
 
 def restore_mtimes(release_dir: str, since: float | None = None) -> int:
@@ -102,17 +109,21 @@ def restore_mtimes(release_dir: str, since: float | None = None) -> int:
     kept the commit time an earlier checkout gave them, and the history walk stops much sooner.
     """
     repo = f"--git-dir={release_dir}/.git"
-    listed = _git(repo, "-c", "core.quotepath=off", "ls-files", "-z", check=True).stdout
+    listed = _git(repo, "ls-files", "-z", check=True).stdout
     todo = {p for p in listed.split("\0") if p}
     if since is not None:
         todo = {p for p in todo if _mtime(os.path.join(release_dir, p)) >= since}
         if not todo:
             return 0
     proc = subprocess.Popen(
-        ["git", repo, "-c", "core.quotepath=off", "log", "--format=%x00%ct", "--name-only", "--no-renames", "HEAD"],
+        ferry_tree.git_argv(
+            "log", "--format=%x00%ct", "--name-only", "--no-renames", "HEAD", git_dir=f"{release_dir}/.git"
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        env=ferry_tree.git_env(),
         text=True,
+        errors="surrogateescape",
     )
     stamp, done = 0, 0
     assert proc.stdout is not None
@@ -146,28 +157,35 @@ class ActionModule(ActionBase):
     _requires_connection = False
 
     def run(self, tmp=None, task_vars=None):
-        """Run both steps on the controller."""
+        """Tag and check out on the controller; without `commit`, only check out tag `version`.
+
+        With `live_version` and `live_dir`, the live version's tree is checked out there as well (the drift
+        check and an in-place switch-back compare and sync from it).
+        """
         result = super().run(tmp, task_vars)
         args = self._task.args
         try:
             version = int(args["version"])
-            snapshot, release_dir = (
-                str(args["snapshot_git_dir"]),
-                str(args["release_dir"]),
-            )
-            sha, created = tag_version(snapshot, str(args["commit"]), version)
-            checkout_release(snapshot, release_dir, version, sha)
+            snapshot, release_dir = str(args["snapshot_git_dir"]), str(args["release_dir"])
+            created = False
+            if args.get("commit"):
+                sha, created = tag_version(snapshot, str(args["commit"]), version)
+                checkout_release(snapshot, release_dir, version, sha)
+                what = f"tag {version} = {sha[:12]} ({'created' if created else 'existing'}); release tree checked out"
+            else:
+                sha = checkout_release(snapshot, release_dir, version)
+                what = f"version {version} ({sha[:12]}) checked out in {release_dir}"
+            live = args.get("live_version")
+            if live not in (None, "") and args.get("live_dir"):
+                live_sha = checkout_release(snapshot, str(args["live_dir"]), int(live))
+                what += f"; live version {int(live)} ({live_sha[:12]}) checked out for comparison"
         except TagError as exc:
             return {**result, "failed": True, "msg": str(exc)}
-        except (KeyError, ValueError) as exc:
-            return {
-                **result,
-                "failed": True,
-                "msg": f"ferry_tag: bad arguments: {exc!r}",
-            }
+        except (KeyError, ValueError, TypeError) as exc:
+            return {**result, "failed": True, "msg": f"ferry_tag: bad arguments: {exc!r}"}
         result.update(
             changed=created,
-            msg=f"tag {version} = {sha[:12]} ({'created' if created else 'existing'}); release tree checked out",
+            msg=what,
             ferry={"release": {"version": version, "commit": sha, "tag_created": created}},
         )
         return result
