@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import secrets
+import stat
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from flask import g
+from argon2 import PasswordHasher
+from flask import Flask, g, request
 from redis import Redis
 from sqlalchemy import event, func, select
 
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, TEST_REDIS_URL
 from tests.support.flow import Flow
+from tests.support.servers import threaded_server
 from tests.test_permissions import MOVES, add_release, force, make_ticket, snapshot
 from webapp import config, create_app, models
 from webapp import projects as svc
@@ -243,21 +255,73 @@ def test_passwords_are_argon2id(app, world, monkeypatch):
     assert not svc.get_user(db.session, "fresh").check_password("another-long-passwore")
 
 
-def test_production_refuses_default_secret_key(tmp_path, monkeypatch):
-    """FERRY_ENV=production with the development SECRET_KEY (or none) does not start; a real key does."""
-    base = {"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'prod.sqlite3'}"}
-    monkeypatch.delenv("SECRET_KEY", raising=False)
-    monkeypatch.setenv("FERRY_ENV", "production")
-    with pytest.raises(RuntimeError, match="SECRET_KEY"):
-        create_app(base)
-    with pytest.raises(RuntimeError, match="SECRET_KEY"):
-        create_app({**base, "SECRET_KEY": config.DEFAULT_SECRET_KEY})
-    monkeypatch.setenv("SECRET_KEY", secrets.token_hex(32))
-    assert create_app(base).config["SECRET_KEY"] != config.DEFAULT_SECRET_KEY
-    monkeypatch.delenv("SECRET_KEY")
-    assert create_app({**base, "TESTING": True}).testing  # tests run with whatever key they set
-    monkeypatch.delenv("FERRY_ENV")
-    assert create_app(base).config["SECRET_KEY"] == config.DEFAULT_SECRET_KEY  # development keeps working
+OLD_DEV_KEY = "dev-only-change-me"  # the built-in key Ferry once signed sessions with when SECRET_KEY was unset
+
+
+def resigned(app, cookie: str, key: str) -> str:
+    """Return the content of `app`'s session cookie signed with another key, as a forger holding `key` would."""
+    content = app.session_interface.get_signing_serializer(app).loads(cookie)
+    forger = Flask("forger")
+    forger.secret_key = key
+    return forger.session_interface.get_signing_serializer(forger).dumps(content)
+
+
+def test_no_built_in_secret_key_one_is_generated_in_a_private_instance_folder(tmp_path, monkeypatch):
+    """Without SECRET_KEY: a random key in instance/secret_key (0600), reused; instance 0700, SQLite file 0600."""
+    instance = tmp_path / "instance"
+    for name in ("SECRET_KEY", "DATABASE_URL", "FERRY_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FERRY_INSTANCE_DIR", str(instance))
+    monkeypatch.setenv("REDIS_URL", TEST_REDIS_URL)
+    first = create_app()
+    key_file = instance / "secret_key"
+    assert stat.S_IMODE(instance.stat().st_mode) == 0o700
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert first.secret_key == key_file.read_text().strip() and len(first.secret_key) >= 64
+    assert first.secret_key != OLD_DEV_KEY
+    assert create_app().secret_key == first.secret_key  # every process of this instance signs alike
+
+    database = instance / "ferry.sqlite3"
+    assert first.config["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{database}"
+    with first.app_context():
+        db.create_all()
+        svc.create_user(db.session, "root", PASSWORD, is_admin=True)
+        db.session.commit()
+    assert stat.S_IMODE(database.stat().st_mode) == 0o600
+    assert sorted(p.name for p in instance.iterdir()) == ["ferry.sqlite3", "secret_key"]
+
+    # A real admin session, re-signed with the old built-in key, opens nothing; as issued it does.
+    c = first.test_client()
+    r = c.post("/login", data={"username": "root", "password": PASSWORD, "csrf_token": token_on(c, "/login")})
+    assert r.status_code == 302
+    cookie = c.get_cookie("session").value
+    for value, status in ((resigned(first, cookie, OLD_DEV_KEY), 302), (cookie, 200)):
+        c = first.test_client()
+        c.set_cookie("session", value)
+        assert c.get("/admin/users").status_code == status
+
+    # Processes starting at once (gunicorn workers, RQ workers, the CLI) on a fresh instance agree on one key.
+    fresh = tmp_path / "fresh"
+    env = {k: v for k, v in os.environ.items() if k != "SECRET_KEY"}
+    env.update(FERRY_INSTANCE_DIR=str(fresh), DATABASE_URL=f"sqlite:///{tmp_path / 'other.sqlite3'}")
+    code = "from webapp import create_app; print(create_app().secret_key)"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], env=env, cwd=config.REPO_ROOT, stdout=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    keys = {p.communicate(timeout=60)[0].decode().strip() for p in procs}
+    assert keys == {(fresh / "secret_key").read_text().strip()}
+    assert sorted(p.name for p in fresh.iterdir()) == ["secret_key"]  # no candidate files left behind
+
+
+def test_secret_key_from_the_environment_wins(tmp_path, monkeypatch):
+    """SECRET_KEY, when set, signs sessions and no key file is written."""
+    monkeypatch.setenv("FERRY_INSTANCE_DIR", str(tmp_path / "instance"))
+    monkeypatch.setenv("SECRET_KEY", "k" * 64)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    assert create_app().secret_key == "k" * 64
+    assert not (tmp_path / "instance").exists()
+    assert stat.S_IMODE((tmp_path / "db.sqlite3").stat().st_mode) == 0o600
 
 
 # --- login throttling, API tokens ---------------------------------------------------------------------------------
@@ -284,6 +348,95 @@ def test_login_throttled_per_user_and_address(app, world):
     assert attempt(app, "dev2", PASSWORD, "10.0.0.3") == 429
     # Unknown users are throttled the same way (no hint that the name does not exist).
     assert [attempt(app, "ghost", "x", "10.0.0.4") for _ in range(6)] == [401] * 5 + [429]
+
+
+class CountingHasher(PasswordHasher):
+    """The tests' cheap argon2id hasher, counting verifications and taking as long as a real one would."""
+
+    def __init__(self) -> None:
+        super().__init__(time_cost=1, memory_cost=1024, parallelism=1)
+        self.verified = 0
+        self._lock = threading.Lock()
+
+    def verify(self, hash, password) -> bool:  # noqa: A002 (argon2's own parameter name)
+        """Count one password check, then check it."""
+        with self._lock:
+            self.verified += 1
+        time.sleep(0.2)  # the app's real parameters cost ~0.2-0.3 s: the window a race needs
+        return super().verify(hash, password)
+
+
+@pytest.fixture
+def two_users(app):
+    """Create the users dev and dev2 (no project needed to log in)."""
+    for name in ("dev", "dev2"):
+        svc.create_user(db.session, name, PASSWORD)
+    db.session.commit()
+
+
+def test_parallel_wrong_passwords_get_at_most_five_checks(app, two_users, monkeypatch):
+    """40 parallel wrong passwords for one user and address over real HTTP: exactly 5 are checked, 35 get 429."""
+    hasher = CountingHasher()
+    monkeypatch.setattr(models, "_hasher", hasher)
+    start = threading.Barrier(40)
+
+    def wrong_login(base: str) -> int:
+        start.wait()
+        body = urllib.parse.urlencode({"username": "dev", "password": "wrong-password"}).encode()
+        try:
+            return urllib.request.urlopen(f"{base}/login", data=body, timeout=60).status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    with threaded_server(app) as base, ThreadPoolExecutor(40) as pool:
+        codes = list(pool.map(wrong_login, [base] * 40))
+    assert sorted(codes) == [401] * 5 + [429] * 35, codes
+    assert hasher.verified == 5
+    assert attempt(app, "dev", PASSWORD, "127.0.0.1") == 429  # the right password waits too
+    assert hasher.verified == 5
+
+
+def test_client_address_from_proxy_headers_only_with_proxy_hops(app, two_users):
+    """Without FERRY_PROXY_HOPS X-Forwarded-For is ignored; with 1 hop the proxy's last entry is the address."""
+    # Default: a client cannot dodge the throttle by inventing X-Forwarded-For addresses.
+    direct = app.test_client()
+    direct.environ_base["REMOTE_ADDR"] = "10.9.0.1"
+    codes = [
+        direct.post(
+            "/login", data={"username": "dev", "password": "wrong"}, headers={"X-Forwarded-For": f"203.0.113.{i}"}
+        ).status_code
+        for i in range(6)
+    ]
+    assert codes == [401] * 5 + [429]
+
+    keep = ("TESTING", "SQLALCHEMY_DATABASE_URI", "REDIS_URL", "SECRET_KEY", "WTF_CSRF_ENABLED", "FERRY_DATA_DIR")
+    proxied = create_app({**{k: app.config[k] for k in keep}, "FERRY_PROXY_HOPS": 1})
+
+    @proxied.get("/_probe")
+    def _probe():
+        return f"{request.remote_addr} {request.scheme}"
+
+    proxy = proxied.test_client()
+    proxy.environ_base["REMOTE_ADDR"] = "10.9.0.2"  # the reverse proxy
+    # The proxy appends the address it saw; what the client sent before it is not trusted with one hop.
+    forged = {"X-Forwarded-For": "198.51.100.1, 203.0.113.7", "X-Forwarded-Proto": "https"}
+    assert proxy.get("/_probe", headers=forged).get_data(as_text=True) == "203.0.113.7 https"
+    alice = {"X-Forwarded-For": "203.0.113.7"}
+    wrong = {"username": "dev2", "password": "wrong"}
+    assert [proxy.post("/login", data=wrong, headers=alice).status_code for _ in range(5)] == [401] * 5
+    assert proxy.post("/login", data=wrong, headers=forged).status_code == 429  # same client, forged prefix
+    right = {"username": "dev2", "password": PASSWORD}
+    assert proxy.post("/login", data=right, headers={"X-Forwarded-For": "203.0.113.8"}).status_code == 302
+    assert app.test_client().get("/_probe").status_code == 404  # the probe lives on the proxied app only
+    plain = create_app({k: app.config[k] for k in keep})
+
+    @plain.get("/_probe")
+    def _plain_probe():
+        return f"{request.remote_addr} {request.scheme}"
+
+    c = plain.test_client()
+    c.environ_base["REMOTE_ADDR"] = "10.9.0.2"
+    assert c.get("/_probe", headers=forged).get_data(as_text=True) == "10.9.0.2 http"
 
 
 def test_login_redirects_only_to_this_site(app, world):

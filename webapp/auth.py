@@ -76,7 +76,8 @@ def login():
         from . import throttle
 
         username = request.form.get("username", "")
-        if throttle.blocked(username, request.remote_addr or ""):
+        # Counted before the password check, atomically: parallel requests cannot get more checks than the limit.
+        if not throttle.attempt(username, request.remote_addr or ""):
             flash("Too many failed logins; wait a few minutes and try again.", "danger")
             return render_template("login.html"), 429
         user = db.session.scalar(select(User).where(User.username == username))
@@ -87,7 +88,6 @@ def login():
             throttle.reset(username, request.remote_addr or "")
             login_user(user)
             return redirect(safe_next(request.args.get("next", "")) or url_for("pages.index"))
-        throttle.failed(username, request.remote_addr or "")
         flash("Unknown user or wrong password.", "danger")
         return render_template("login.html"), 401
     return render_template("login.html")

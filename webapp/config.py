@@ -6,21 +6,25 @@ import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SECRET_KEY = "dev-only-change-me"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_STAGE_TIMEOUT = 1800  # seconds a playbook may run before it is stopped
 DEFAULT_KEEP_RELEASES = 5
 DEFAULT_RUN_RETENTION = 50  # run directories kept per project
+# Live-log (SSE) streams one web process serves at once; the rest of its threads stay free for pages and
+# the API. Half of the Procfile's `--threads 8`; keep it at most half of gunicorn's --threads.
+DEFAULT_MAX_STREAMS = 4
+DEFAULT_STREAM_SECONDS = 60  # one SSE connection's lifetime; the browser reconnects with Last-Event-ID
 
 
 def from_env() -> dict:
     """Return the settings taken from the environment at app creation time."""
-    data_dir = Path(os.environ.get("FERRY_DATA_DIR", REPO_ROOT / "instance" / "data")).resolve()
+    instance = Path(os.environ.get("FERRY_INSTANCE_DIR", REPO_ROOT / "instance")).resolve()
+    data_dir = Path(os.environ.get("FERRY_DATA_DIR", instance / "data")).resolve()
     return {
-        "SECRET_KEY": os.environ.get("SECRET_KEY", DEFAULT_SECRET_KEY),
-        "SQLALCHEMY_DATABASE_URI": os.environ.get(
-            "DATABASE_URL", f"sqlite:///{REPO_ROOT / 'instance' / 'ferry.sqlite3'}"
-        ),
+        # No built-in key: without SECRET_KEY the app generates one in the instance folder (webapp/instance.py).
+        "SECRET_KEY": os.environ.get("SECRET_KEY") or None,
+        "SQLALCHEMY_DATABASE_URI": os.environ.get("DATABASE_URL", f"sqlite:///{instance / 'ferry.sqlite3'}"),
+        "FERRY_INSTANCE_DIR": instance,
         "REDIS_URL": os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
         "FERRY_DATA_DIR": data_dir,
         "FERRY_INVENTORY_DIR": Path(os.environ.get("FERRY_INVENTORY_DIR", REPO_ROOT / "inventory")).resolve(),
@@ -30,6 +34,9 @@ def from_env() -> dict:
         "FERRY_RUN_RETENTION": int(os.environ.get("FERRY_RUN_RETENTION", DEFAULT_RUN_RETENTION)),
         "FERRY_HEARTBEAT_TTL": int(os.environ.get("FERRY_HEARTBEAT_TTL", 45)),
         "FERRY_REQUEUE_GRACE": int(os.environ.get("FERRY_REQUEUE_GRACE", 20)),
+        "FERRY_PROXY_HOPS": int(os.environ.get("FERRY_PROXY_HOPS", 0)),  # reverse proxies in front (ProxyFix)
+        "FERRY_MAX_STREAMS": int(os.environ.get("FERRY_MAX_STREAMS", DEFAULT_MAX_STREAMS)),
+        "FERRY_STREAM_SECONDS": int(os.environ.get("FERRY_STREAM_SECONDS", DEFAULT_STREAM_SECONDS)),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": os.environ.get("FERRY_HTTPS", "") == "1",
