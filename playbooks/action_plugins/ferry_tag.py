@@ -139,6 +139,7 @@ def restore_mtimes(release_dir: str, since: float | None = None) -> int:
                 break  # newest commits first: stop reading history once every file has its time
     proc.kill()
     proc.wait()
+    proc.stdout.close()
     return done
 
 
