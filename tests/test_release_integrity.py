@@ -78,14 +78,31 @@ def test_release_newer_then_older_marks_older_as_contained(flow, world):
 
 
 def test_release_older_then_newer_moves_forward(flow, world):
-    """Release A then B: versions 1 and 2, hosts end with both changes."""
-    a, b = two_tickets(flow, world)
+    """A passes before B is staged, B after: A ships version 1 without B, B ships version 2 with both."""
+    world.svn.commit({"a.html": "A\n"}, "A")
+    a = flow.staged(reason="A")
     flow.approve(a)
+    world.svn.commit({"b.html": "B\n"}, "B")
+    b = flow.staged(reason="B")
     flow.approve(b)
     assert flow.release(a)["version"] == 1
     assert all("b.html" not in tree for tree in host_trees(world))
     assert flow.release(b)["version"] == 2
     assert all({"a.html", "b.html"} <= set(tree) for tree in host_trees(world))
+
+
+def test_passing_after_another_update_ships_what_the_tester_saw(flow, world):
+    """A and B staged, then A passes: the tester saw B's change too, so A's release carries B (listed)."""
+    a, b = two_tickets(flow, world)
+    flow.approve(a)
+    t = flow.get(a, user="lead")
+    assert t["tested_commit"] == flow.get(b)["staging_commit"]
+    assert [x["id"] for x in t["changes"]["included_tickets"]] == [b]
+    assert flow.release(a)["version"] == 1
+    assert all({"a.html", "b.html"} <= set(tree) for tree in host_trees(world))
+    flow.approve(b)
+    t = flow.release(b)
+    assert t["state"] == "released" and t["version"] == 1  # already live: nothing shipped
 
 
 def test_pass_a_update_b_release_b_release_a(flow, world):

@@ -43,9 +43,25 @@ class User(UserMixin, db.Model):
     username: Mapped[str] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     is_admin: Mapped[bool] = mapped_column(default=False)
+    disabled: Mapped[bool] = mapped_column(default=False)  # no login, no session, no API token works
+    # Part of every session cookie (get_id); bumping it ends every session of this user at once.
+    session_generation: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     memberships: Mapped[list[Membership]] = relationship(back_populates="user", cascade="all, delete-orphan")
+
+    @property
+    def is_active(self) -> bool:
+        """Tell Flask-Login whether this user may have a session (a disabled user may not)."""
+        return not self.disabled
+
+    def get_id(self) -> str:
+        """Return what the session cookie stores: the user id and the session generation."""
+        return f"{self.id}:{self.session_generation or 0}"
+
+    def end_sessions(self) -> None:
+        """End every session of this user (logout, password change, disabling): old cookies stop matching."""
+        self.session_generation = (self.session_generation or 0) + 1
 
     def set_password(self, password: str) -> None:
         """Store an argon2 hash of `password`."""
@@ -137,6 +153,8 @@ class Ticket(db.Model):
     version: Mapped[int | None]  # version released (release) or targeted (rollback)
     last_error: Mapped[str] = mapped_column(Text, default="")
     author_id: Mapped[int] = mapped_column(ForeignKey("user.id"))
+    # Users other than the author who changed the ticket's content or marked it tested: no self-approval.
+    contributor_ids: Mapped[list] = mapped_column(JSON, default=list)
     approved_by_id: Mapped[int | None] = mapped_column(ForeignKey("user.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)

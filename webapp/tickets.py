@@ -6,6 +6,8 @@ compare-and-set (`UPDATE ... WHERE state = :expected`) with one history row in t
 
 from __future__ import annotations
 
+import json
+
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -23,6 +25,7 @@ def facts(ticket: Ticket) -> workflow.TicketFacts:
         author_id=ticket.author_id,
         requires_approval=ticket.project.requires_approval,
         allow_self_approval=ticket.project.allow_self_approval,
+        contributor_ids=frozenset(ticket.contributor_ids or ()),
     )
 
 
@@ -137,6 +140,7 @@ def act(session: Session, ticket: Ticket, user: User, action: str, data: dict | 
         raise from_status(str(e), e.status) from e
     comment = validation.comment(data.get("comment"))
     fields: dict[str, object] = {}
+    changes: list[str] = []
     if action == workflow.REJECT:
         comment = validation.reason(data.get("reason") or data.get("comment"), "reason")
     if action == workflow.RESUBMIT and Kind(ticket.kind) is Kind.RELEASE:
@@ -147,6 +151,8 @@ def act(session: Session, ticket: Ticket, user: User, action: str, data: dict | 
         if data.get("reason"):
             fields["reason"] = validation.reason(data["reason"])
         fields["last_error"] = ""
+        changes = content_changes(ticket, fields)
+        comment = "; ".join([*changes, comment] if comment else changes)
     if action == workflow.TEST_PASSED:
         if not ticket.staging_commit:
             raise Conflict("staging has no snapshot for this ticket yet")
@@ -155,6 +161,8 @@ def act(session: Session, ticket: Ticket, user: User, action: str, data: dict | 
             comment = comment or "project needs no approval"
     if action == workflow.APPROVE:
         fields["approved_by_id"] = user.id
+    if changes or action == workflow.TEST_PASSED:
+        fields["contributor_ids"] = with_contributor(ticket, user)  # four eyes: may not approve it now
     if workflow.is_self_approval_override(f, a, action):
         comment = f"admin override: {action} of own ticket. {comment}".strip()
     if action in (workflow.RELEASE, workflow.RETRY):
@@ -166,6 +174,28 @@ def act(session: Session, ticket: Ticket, user: User, action: str, data: dict | 
         only = failed_hosts(ticket) if action == workflow.RETRY else []
         return _queue_run(session, ticket, "release", user, only_hosts=only)
     return None
+
+
+def content_changes(ticket: Ticket, fields: dict[str, object]) -> list[str]:
+    """Describe each content field that `fields` changes, old → new, for the history."""
+    shown = {
+        "svn_paths": lambda v: f"[{', '.join(v)}]" if v else "[] (whole tree)",
+        "svn_revision": lambda v: "HEAD" if v is None else str(v),
+        "reason": lambda v: json.dumps(v, ensure_ascii=False),
+    }
+    return [
+        f"{field}: {show(getattr(ticket, field))} → {show(fields[field])}"
+        for field, show in shown.items()
+        if field in fields and fields[field] != getattr(ticket, field)
+    ]
+
+
+def with_contributor(ticket: Ticket, user: User) -> list[int]:
+    """Return the ticket's contributor ids with `user` added (the author is never listed)."""
+    ids = list(ticket.contributor_ids or [])
+    if user.id != ticket.author_id and user.id not in ids:
+        ids.append(user.id)
+    return ids
 
 
 def failed_hosts(ticket: Ticket) -> list[str]:
