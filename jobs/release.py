@@ -11,7 +11,7 @@ from webapp import releases, tickets, workflow
 from webapp.errors import Conflict
 from webapp.extensions import db
 from webapp.models import Project, Release, Ticket, utcnow
-from webapp.projects import inventory_path
+from webapp.projects import hook_file, inventory_path
 from webapp.workflow import Kind, State
 
 from . import runner, snapshots
@@ -109,7 +109,8 @@ def _release(ctx: RunContext) -> str:
             "live_version": project.live_version,
             "live_dir": str(base / "live"),
             "check_drift": not getattr(run, "overwrite_drift", False),
-            **({"hook_tasks": project.hook_tasks} if project.hook_tasks else {}),
+            # Re-checked here too: a stored setting older than the rule cannot name a file outside playbooks/hooks/.
+            **({"hook_tasks": hook_file(project.hook_tasks)} if project.hook_tasks else {}),
         },
         envvars=ansible_envvars(),
     )

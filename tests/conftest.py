@@ -103,7 +103,8 @@ class World:
 def build_world(app, tmp_path: Path, n_hosts: int = 3, **settings) -> World:
     """Create users, an SVN repo, local hosts and a project with members."""
     svn = make_svn_repo(tmp_path / "svn")
-    hosts = make_local_hosts(tmp_path / "prod", n_hosts)
+    # Project inventories must live in the configured inventory directory.
+    hosts = make_local_hosts(tmp_path / "prod", n_hosts, inventory=app.config["FERRY_INVENTORY_DIR"] / "hosts.ini")
     staging_dir = tmp_path / "staging" / "wc"
     users = {}
     for name in ("dev", "dev2", "lead", "lead2", "other", "admin"):

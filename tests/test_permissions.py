@@ -15,10 +15,11 @@ from rq import Queue
 from sqlalchemy import func, select
 
 from jobs.keys import cancel_key
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, build_world
 from webapp import projects as svc
+from webapp.auth import issue_token
 from webapp.extensions import db
-from webapp.models import Release, Run, Ticket, TicketEvent
+from webapp.models import Release, Run, Ticket, TicketEvent, User
 
 pytestmark = pytest.mark.integration
 
@@ -72,16 +73,21 @@ ROLES = {
     "lead-elsewhere": "lead2",
     "developer-elsewhere": "other",
     "admin": "admin",
+    "contributing-lead": "lead3",  # a lead of `site` who changed the ticket's content or marked it tested
+    "disabled": "gone",  # a lead of `site` whom an admin disabled: their token no longer works
 }
-MEMBERS = {"author", "developer", "lead", "admin"}  # who can see project `site`
-OWNER_SIDE = {"author", "lead", "admin"}  # return, resubmit, test-passed, release, retry, cancel
-APPROVER_SIDE = {"lead", "admin"}  # approve, reject (never the author, unless the project allows it)
+NO_VALID_TOKEN = {"anonymous", "bad-token", "disabled"}
+MEMBERS = {"author", "developer", "lead", "admin", "contributing-lead"}  # who can see project `site`
+# return, resubmit, test-passed, release, retry, cancel
+OWNER_SIDE = {"author", "lead", "admin", "contributing-lead"}
+# approve, reject: never the author nor a contributor (unless the project allows self-approval)
+APPROVER_SIDE = {"lead", "admin"}
 FAKE_COMMIT = "f" * 40
 
 
 def expected(role: str, action: str, kind: str, state: str) -> int:
     """Return the status code the spec gives for `role` firing `action` on a `kind` ticket in `state`."""
-    if ROLES[role] is None:
+    if role in NO_VALID_TOKEN:
         return 401
     if role not in MEMBERS:
         return 404  # a ticket of a project you cannot see does not exist for you
@@ -91,6 +97,26 @@ def expected(role: str, action: str, kind: str, state: str) -> int:
     if state not in MOVES[action][kind]:
         return 409
     return 200
+
+
+@pytest.fixture
+def world(app, tmp_path):
+    """The shared world plus two more leads of `site`: lead3 (made a contributor of tickets) and gone (disabled)."""
+    world = build_world(app, tmp_path)
+    site = svc.get_project(db.session, "site")
+    for name in ("lead3", "gone"):
+        user = svc.create_user(db.session, name, PASSWORD)
+        svc.set_member(db.session, site, user, "lead")
+        world.tokens[name] = issue_token(user)
+    svc.set_disabled(db.session, svc.get_user(db.session, "gone"), True)
+    db.session.commit()
+    return world
+
+
+def contributors() -> list[int]:
+    """Return the ids the matrix lists as contributors of its tickets (lead3, when the world has them)."""
+    lead3 = db.session.scalar(select(User.id).where(User.username == "lead3"))
+    return [lead3] if lead3 else []
 
 
 def headers(world, role: str) -> dict:
@@ -126,11 +152,12 @@ def snapshot(app, ticket: Ticket | None = None) -> dict:
     counts = {"events": events, "runs": runs, "tickets": tickets, "queue": queue_length(app)}
     if ticket is not None:
         row = db.session.execute(
-            select(Ticket.state, Ticket.updated_at, Ticket.tested_commit, Ticket.approved_by_id).where(
-                Ticket.id == ticket.id
-            )
+            select(
+                Ticket.state, Ticket.updated_at, Ticket.tested_commit, Ticket.approved_by_id, Ticket.contributor_ids
+            ).where(Ticket.id == ticket.id)
         ).one()
         counts.update(state=row.state, updated_at=row.updated_at, tested=row.tested_commit, approver=row.approved_by_id)
+        counts.update(contributors=row.contributor_ids)
     return counts
 
 
@@ -151,6 +178,7 @@ def force(ticket: Ticket, state: str, lead_id: int) -> None:
         ticket.tested_commit = FAKE_COMMIT if tested else None
     ticket.approved_by_id = lead_id if state in ("approved", "releasing", "release_failed", "released") else None
     ticket.last_error = "hosts failed" if state in ("staging_failed", "release_failed") else ""
+    ticket.contributor_ids = contributors()
     db.session.commit()
 
 
@@ -220,7 +248,7 @@ def fire(world, ticket: Ticket, state: str, action: str, role: str, before: dict
 def read(client, world, ticket: Ticket, kind: str, state: str, role: str) -> list[str]:
     """Read a ticket as one role; check the code and that its buttons are exactly the actions the spec allows."""
     r = client.get(f"/api/tickets/{ticket.id}", headers=headers(world, role))
-    want = 401 if ROLES[role] is None else 200 if role in MEMBERS else 404
+    want = 401 if role in NO_VALID_TOKEN else 200 if role in MEMBERS else 404
     if r.status_code != want:
         return [f"{role} reads {kind}/{state}: got {r.status_code}, want {want}"]
     allowed = {a for a in ACTIONS if expected(role, a, kind, state) == 200}
@@ -271,7 +299,7 @@ def filing_problems(app, client, world) -> list[str]:
             body = {"project": project, "reason": f"filed by {role}", "svn_paths": ["index.html"]}
             r = client.post("/api/tickets", json=body, headers=headers(world, role))
             members = {"site": MEMBERS, "elsewhere": {"lead-elsewhere", "developer-elsewhere", "admin"}}
-            want = 401 if user is None else 201 if role in members.get(project, ()) else 404
+            want = 401 if role in NO_VALID_TOKEN else 201 if role in members.get(project, ()) else 404
             after = snapshot(app)
             if r.status_code != want:
                 wrong.append(f"{role} files on {project}: got {r.status_code}, want {want}")
@@ -286,12 +314,12 @@ def filing_problems(app, client, world) -> list[str]:
 
 
 RUN_STATUSES = ("queued", "running", "successful", "failed", "canceled")
-RUN_SIDE = {"author", "lead", "admin"}  # who started the run, a lead of the project, an admin
+RUN_SIDE = {"author", "lead", "admin", "contributing-lead"}  # who started the run, a lead of the project, an admin
 
 
 def run_expected(role: str, status: str) -> int:
     """Return the status code the spec gives for `role` cancelling a run in `status`."""
-    if ROLES[role] is None:
+    if role in NO_VALID_TOKEN:
         return 401
     if role not in MEMBERS:
         return 404
@@ -325,7 +353,7 @@ def test_run_cancel_and_read_matrix(app, client, world):
             redis.delete(cancel_key(run.id))
             before = run_snapshot(app, run)
             r = client.get(f"/api/runs/{run.id}", headers=headers(world, role))
-            read_want = 401 if ROLES[role] is None else 200 if role in MEMBERS else 404
+            read_want = 401 if role in NO_VALID_TOKEN else 200 if role in MEMBERS else 404
             if r.status_code != read_want:
                 wrong.append(f"{role} reads a {status} run: got {r.status_code}, want {read_want}")
             r = client.post(f"/api/runs/{run.id}/cancel", headers=headers(world, role))
@@ -366,12 +394,12 @@ def test_filing_rollback_and_release_list_matrix(app, client, world):
     add_release("site", 2)  # live
 
     for role, user in ROLES.items():
-        member = user is not None and role in MEMBERS
+        member = role not in NO_VALID_TOKEN and role in MEMBERS
         for version, member_code in ((1, 201), (2, 409), (99, 404)):
             before = snapshot(app)
             body = {"project": "site", "version": version, "reason": f"back to {version} by {role}"}
             r = client.post("/api/rollbacks", json=body, headers=headers(world, role))
-            want = 401 if user is None else member_code if member else 404
+            want = 401 if role in NO_VALID_TOKEN else member_code if member else 404
             after = snapshot(app)
             if r.status_code != want:
                 wrong.append(f"{role} rolls back to {version}: got {r.status_code}, want {want}: {outcome(r)}")
@@ -384,14 +412,14 @@ def test_filing_rollback_and_release_list_matrix(app, client, world):
                 wrong.append(f"{role} rolls back to {version}: refused but changed {before} -> {after}")
         for project, visible in (("site", member), ("elsewhere", role in ("lead-elsewhere", "developer-elsewhere"))):
             r = client.get(f"/api/projects/{project}/releases", headers=headers(world, role))
-            want = 401 if user is None else 200 if visible or role == "admin" else 404
+            want = 401 if role in NO_VALID_TOKEN else 200 if visible or role == "admin" else 404
             if r.status_code != want:
                 wrong.append(f"{role} lists releases of {project}: got {r.status_code}, want {want}")
             elif project == "site" and want == 200:
                 assert [v["version"] for v in r.get_json()] == [2, 1]
                 assert [v["live"] for v in r.get_json()] == [True, False]
         r = client.get("/api/projects/nope/releases", headers=headers(world, role))
-        if r.status_code != (401 if user is None else 404):
+        if r.status_code != (401 if role in NO_VALID_TOKEN else 404):
             wrong.append(f"{role} lists releases of an unknown project: got {r.status_code}")
     assert not wrong, "\n".join(wrong)
 
@@ -431,6 +459,78 @@ def test_self_approval(app, client, world):
     last = r.get_json()["history"][-1]
     assert (last["action"], last["user"]) == ("approve", "admin")
     assert "admin override" in last["comment"] and "hotfix" in last["comment"]
+
+
+def test_lead_who_changes_or_tests_a_ticket_cannot_approve_it(app, client, world):
+    """Four eyes: a lead who resubmits someone's ticket with new content or marks it tested cannot approve it
+    alone; every content change is in the history with its old and new values."""
+    lead = world.headers("lead")
+    lead_id = svc.get_user(db.session, "lead").id
+    ticket = make_ticket(RELEASE, author="dev")
+    force(ticket, "testing", lead_id)
+    assert client.post(f"/api/tickets/{ticket.id}/return", json={}, headers=lead).status_code == 200
+    body = {"svn_paths": ["css", "about"], "svn_revision": 3, "reason": 'lead\'s "better" reason', "comment": "mine"}
+    r = client.post(f"/api/tickets/{ticket.id}/resubmit", json=body, headers=lead)
+    assert r.status_code == 200, r.get_json()
+    last = r.get_json()["history"][-1]
+    assert (last["action"], last["user"]) == ("resubmit", "lead")
+    assert last["comment"] == (
+        'svn_paths: [] (whole tree) → [css, about]; svn_revision: HEAD → 3; reason: "release by dev" → '
+        '"lead\'s \\"better\\" reason"; mine'
+    )
+    db.session.expire_all()
+    assert ticket.contributor_ids == [*contributors(), lead_id]  # lead3 is every matrix ticket's contributor
+    # Staging ran (forced here); now the lead marks it passed and tries to approve it alone.
+    ticket.state, ticket.staging_commit = "testing", FAKE_COMMIT
+    db.session.commit()
+    assert client.post(f"/api/tickets/{ticket.id}/test-passed", json={}, headers=lead).status_code == 200
+    before = snapshot(app, ticket)
+    for action, extra in (("approve", {}), ("reject", {"reason": "no"})):
+        r = client.post(f"/api/tickets/{ticket.id}/{action}", json=extra, headers=lead)
+        assert r.status_code == 403 and "own ticket" in r.get_json()["error"], action
+    assert snapshot(app, ticket) == before
+    assert "approve" not in client.get(f"/api/tickets/{ticket.id}", headers=lead).get_json()["allowed_actions"]
+    page = login(app, "lead").get("/tickets?waiting=me").get_data(as_text=True)
+    assert ticket.id not in ticket_ids(page)
+    # Another approver may; an admin who did not touch it approves without an override.
+    r = client.post(f"/api/tickets/{ticket.id}/approve", json={}, headers=world.headers("admin"))
+    assert r.status_code == 200 and "override" not in r.get_json()["history"][-1]["comment"]
+
+    # Marking a ticket tested alone makes the lead a contributor too.
+    tested = make_ticket(RELEASE, author="dev")
+    force(tested, "testing", lead_id)
+    assert client.post(f"/api/tickets/{tested.id}/test-passed", json={}, headers=lead).status_code == 200
+    assert client.post(f"/api/tickets/{tested.id}/approve", json={}, headers=lead).status_code == 403
+    world.project.allow_self_approval = True  # a project that allows self-approval allows this as well
+    db.session.commit()
+    assert client.post(f"/api/tickets/{tested.id}/approve", json={}, headers=lead).status_code == 200
+    world.project.allow_self_approval = False
+    db.session.commit()
+
+    # A resubmit that changes nothing is no contribution; the author's own changes are recorded too.
+    same = make_ticket(RELEASE, author="dev")
+    force(same, "returned", lead_id)
+    body = {"svn_paths": [], "reason": "release by dev"}
+    r = client.post(f"/api/tickets/{same.id}/resubmit", json=body, headers=lead)
+    assert r.status_code == 200 and r.get_json()["history"][-1]["comment"] == ""
+    force(same, "returned", lead_id)
+    r = client.post(
+        f"/api/tickets/{same.id}/resubmit", json={"svn_paths": ["index.html"]}, headers=world.headers("dev")
+    )
+    assert r.get_json()["history"][-1]["comment"] == "svn_paths: [] (whole tree) → [index.html]"
+    force(same, "pending_approval", lead_id)
+    assert client.post(f"/api/tickets/{same.id}/approve", json={}, headers=lead).status_code == 200
+
+    # An admin who changed a ticket and approves it is on record as an override.
+    shaped = make_ticket(RELEASE, author="dev")
+    force(shaped, "returned", lead_id)
+    r = client.post(f"/api/tickets/{shaped.id}/resubmit", json={"reason": "admin's"}, headers=world.headers("admin"))
+    assert r.status_code == 200
+    db.session.expire_all()
+    shaped.state, shaped.tested_commit = "pending_approval", FAKE_COMMIT
+    db.session.commit()
+    r = client.post(f"/api/tickets/{shaped.id}/approve", json={}, headers=world.headers("admin"))
+    assert r.status_code == 200 and "admin override" in r.get_json()["history"][-1]["comment"]
 
 
 def login(app, username: str):

@@ -97,7 +97,7 @@ def make_world(app, client, tmp_path, ssh_hosts):
     def make(roots: dict[str, Path] | None = None, extra_vars: dict | None = None, **settings) -> SshWorld:
         world = build_world(app, tmp_path, **settings)
         roots = {h.name: tmp_path / "ssh-roots" / h.name / "www" for h in ssh_hosts.hosts} | (roots or {})
-        inventory = tmp_path / "ssh-inventory.ini"
+        inventory = app.config["FERRY_INVENTORY_DIR"] / "ssh-inventory.ini"
         inventory.write_text(ssh_inventory(ssh_hosts, roots, extra_vars))
         svc.update_project(db.session, world.project, inventory=str(inventory), group=GROUP)
         db.session.commit()

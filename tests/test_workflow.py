@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 
@@ -79,6 +80,22 @@ def test_author_cannot_approve_own_ticket_by_default():
     assert e.value.status == 403
     allowed = facts(State.PENDING_APPROVAL, allow_self_approval=True)
     assert wf.transition(allowed, lead_author, wf.APPROVE) is State.APPROVED
+
+
+def test_contributors_count_as_authors_for_approval():
+    """A lead who changed the ticket's content or marked it tested may not approve or reject it (four eyes)."""
+    shaped = facts(State.PENDING_APPROVAL, contributor_ids=frozenset({LEAD.user_id}))
+    for action in (wf.APPROVE, wf.REJECT):
+        with pytest.raises(TransitionError) as e:
+            wf.transition(shaped, LEAD, action)
+        assert e.value.status == 403 and "own ticket" in str(e.value)
+    assert wf.APPROVE not in wf.allowed_actions(shaped, LEAD)
+    assert wf.transition(facts(State.PENDING_APPROVAL), LEAD, wf.APPROVE) is State.APPROVED
+    assert wf.transition(replace(shaped, allow_self_approval=True), LEAD, wf.APPROVE) is State.APPROVED
+    # Contributing does not take the lead's other rights away, nor give a developer new ones.
+    assert wf.transition(replace(shaped, state=State.APPROVED), LEAD, wf.RELEASE) is State.RELEASING
+    admin_shaped = facts(State.PENDING_APPROVAL, contributor_ids=frozenset({ADMIN.user_id}))
+    assert wf.is_self_approval_override(admin_shaped, ADMIN, wf.APPROVE)
 
 
 def test_developers_cannot_approve_or_reject():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from functools import wraps
 from urllib.parse import urlsplit
@@ -10,16 +11,26 @@ from flask import Blueprint, Flask, flash, g, redirect, render_template, request
 from flask_login import current_user, login_required, login_user, logout_user
 from sqlalchemy import select
 
+from . import validation
 from .extensions import db, login_manager
 from .models import ApiToken, User, spend_password_check, utcnow
 
 bp = Blueprint("auth", __name__)
 
 
+_SESSION_ID = re.compile(r"([0-9]{1,10}):([0-9]{1,10})")  # User.get_id(): "<id>:<session generation>"
+
+
 @login_manager.user_loader
-def load_user(user_id: str) -> User | None:
-    """Return the logged-in user for a session."""
-    return db.session.get(User, int(user_id))
+def load_user(session_id: str) -> User | None:
+    """Return the user a session belongs to, unless it was ended (older generation) or the user is disabled."""
+    match = _SESSION_ID.fullmatch(session_id)
+    if match is None:
+        return None  # a cookie from before session generations, or garbage: not logged in
+    user = db.session.get(User, validation.integer(match.group(1), "session"))
+    if user is None or user.disabled or user.get_id() != session_id:
+        return None
+    return user
 
 
 def issue_token(user: User) -> str:
@@ -37,7 +48,7 @@ def user_for_token(header: str | None) -> User | None:
     row = db.session.scalar(
         select(ApiToken).where(ApiToken.token_hash == ApiToken.digest(token), ApiToken.revoked_at.is_(None))
     )
-    if row is None:
+    if row is None or row.user.disabled:
         return None
     row.last_used_at = utcnow()
     return row.user
@@ -86,6 +97,9 @@ def login():
             spend_password_check(password)  # same cost as a real check: timing does not reveal user names
         elif user.check_password(password):
             throttle.reset(username, request.remote_addr or "")
+            if user.disabled:  # said only to whoever knows the password
+                flash("This account is disabled; ask an administrator.", "danger")
+                return render_template("login.html"), 403
             login_user(user)
             return redirect(safe_next(request.args.get("next", "")) or url_for("pages.index"))
         flash("Unknown user or wrong password.", "danger")
@@ -96,26 +110,60 @@ def login():
 @bp.post("/logout")
 @login_required
 def logout():
-    """Log the current user out."""
+    """Log the current user out: every session of the user ends, so a copied cookie stops working too."""
+    current_user.end_sessions()
+    db.session.commit()
     logout_user()
+    flash("Logged out (on every device).", "success")
     return redirect(url_for("auth.login"))
 
 
 @bp.route("/profile", methods=["GET", "POST"])
 @login_required
 def profile():
-    """Show the profile; POST issues a new API token, shown once."""
+    """Show the profile; POST issues or revokes API tokens, changes the password or ends every session."""
     token = None
     if request.method == "POST":
-        if request.form.get("op") == "revoke":
+        op = request.form.get("op")
+        if op == "revoke":
             for t in db.session.scalars(select(ApiToken).where(ApiToken.user_id == current_user.id)):
                 t.revoked_at = t.revoked_at or utcnow()
             flash("All your API tokens are revoked.", "success")
+        elif op == "logout-everywhere":
+            current_user.end_sessions()
+            db.session.commit()
+            logout_user()
+            flash("Every session of yours has ended, this one too.", "success")
+            return redirect(url_for("auth.login"), code=303)
+        elif op == "password":
+            return _change_password()
         else:
             token = issue_token(current_user)
         db.session.commit()
     tokens = db.session.scalars(select(ApiToken).where(ApiToken.user_id == current_user.id)).all()
     return render_template("profile.html", token=token, tokens=tokens)
+
+
+def _change_password():
+    """Change the current user's password: every other session ends, this one carries on (throttled like login)."""
+    from . import projects, throttle
+
+    user = current_user._get_current_object()
+    addr = request.remote_addr or ""
+    if not throttle.attempt(user.username, addr):  # counted before the check, as for logins
+        flash("Too many wrong passwords; wait a few minutes and try again.", "danger")
+        return render_template("profile.html", token=None, tokens=_tokens()), 429
+    projects.change_password(db.session, user, request.form.get("current_password"), request.form.get("new_password"))
+    db.session.commit()
+    throttle.reset(user.username, addr)
+    login_user(user)  # this session carries the new generation
+    flash("Password changed; every other session has ended.", "success")
+    return redirect(url_for("auth.profile"), code=303)
+
+
+def _tokens() -> list[ApiToken]:
+    """Return the current user's API tokens."""
+    return list(db.session.scalars(select(ApiToken).where(ApiToken.user_id == current_user.id)))
 
 
 def init_app(app: Flask) -> None:

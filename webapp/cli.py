@@ -47,11 +47,29 @@ def user_token(name: str) -> None:
     click.echo(token)
 
 
+@user_cli.command("disable")
+@click.argument("name")
+def user_disable(name: str) -> None:
+    """Disable a user: every session ends, API tokens stop working, login is refused."""
+    user = _run(svc.get_user, name)
+    _run(svc.set_disabled, user, True)
+    click.echo(f"user {name} disabled")
+
+
+@user_cli.command("enable")
+@click.argument("name")
+def user_enable(name: str) -> None:
+    """Enable a disabled user again."""
+    user = _run(svc.get_user, name)
+    _run(svc.set_disabled, user, False)
+    click.echo(f"user {name} enabled")
+
+
 @project_cli.command("create")
 @click.argument("name")
 @click.option("--svn-url", required=True)
 @click.option("--staging-dir", required=True, help="the staging working copy; checked out on first update")
-@click.option("--inventory", required=True, help="inventory file, relative to inventory/ or absolute")
+@click.option("--inventory", required=True, help="a static inventory file in the inventory directory (its name)")
 @click.option("--group", required=True, help="inventory group of the production hosts")
 @click.option("--staging-url", default="", help="where testers see staging")
 @click.option("--no-approval", is_flag=True, help="test passed goes straight to approved")
@@ -61,7 +79,7 @@ def user_token(name: str) -> None:
 @click.option("--forks", type=int, default=10, help="hosts synced in parallel")
 @click.option("--timeout", "stage_timeout", type=int, default=1800, help="seconds a stage may run")
 @click.option("--shared", "shared_paths", multiple=True, help="path kept across releases (repeatable)")
-@click.option("--hook", "hook_tasks", default="", help="task file in playbooks/ run on each host after switch")
+@click.option("--hook", "hook_tasks", default="", help="task file in playbooks/hooks/ run on each host after switch")
 def project_create(name: str, no_approval: bool, **settings: object) -> None:
     """Create a project."""
     settings["requires_approval"] = not no_approval

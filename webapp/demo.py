@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import click
+from flask import current_app
 from sqlalchemy import select
 
 from . import projects as svc
@@ -61,8 +62,10 @@ def _inventory(base: Path, hosts: int) -> Path:
         root.mkdir(parents=True, exist_ok=True)
         lines.append(f"web{i} ansible_connection=local deploy_root={root}")
     lines += ["", "[demo_web:vars]", "ansible_python_interpreter=auto_silent"]
-    path = REPO_ROOT / "inventory" / "demo.ini"
+    path = Path(current_app.config["FERRY_INVENTORY_DIR"]) / "demo.ini"  # projects take inventories only from there
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o644)  # never executable: Ansible would run it as a script
     return path
 
 
@@ -95,7 +98,7 @@ def demo(hosts: int) -> None:
             svn_url=url,
             staging_dir=str(base / "staging" / "site"),
             staging_url="http://127.0.0.1:8001/",
-            inventory=str(inventory.relative_to(REPO_ROOT / "inventory")),
+            inventory=inventory.name,
             group="demo_web",
         )
         for name, _, role in USERS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from flask import current_app
@@ -14,13 +15,17 @@ from .models import Membership, Project, User
 from .workflow import Role
 
 DEPLOY_MODES = ("atomic", "inplace")
+HOOK_DIR = "hooks"  # hook task files live in playbooks/hooks/
+MAX_PASSWORD = 1024
+# Numeric project settings: (lowest, highest) allowed value.
+NUMBER_SETTINGS = {"keep_releases": (2, 1000), "forks": (1, 1000), "stage_timeout": (10, 7 * 24 * 3600)}
+_GROUP = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 
 def create_user(session: Session, username: str, password: str, is_admin: bool = False) -> User:
     """Create a user; a taken name is a Conflict."""
     validation.name(username, "username")
-    if len(password or "") < 8:
-        raise BadInput("password: at least 8 characters", "password")
+    _check_password(password, "password")
     if session.scalar(select(User).where(User.username == username)):
         raise Conflict(f"user {username!r} already exists", "username")
     user = User(username=username, is_admin=is_admin)
@@ -30,16 +35,114 @@ def create_user(session: Session, username: str, password: str, is_admin: bool =
     return user
 
 
+def _check_password(raw: object, field: str) -> None:
+    """Refuse a password that is too short or absurdly long."""
+    if not isinstance(raw, str) or len(raw) < 8:
+        raise BadInput(f"{field}: at least 8 characters", field)
+    if len(raw) > MAX_PASSWORD:
+        raise BadInput(f"{field}: at most {MAX_PASSWORD} characters", field)
+
+
+def change_password(session: Session, user: User, current: object, new: object) -> None:
+    """Set a new password after checking the current one; every session of the user ends."""
+    if not isinstance(current, str) or not user.check_password(current):
+        raise BadInput("current_password: wrong password", "current_password")
+    _check_password(new, "new_password")
+    user.set_password(new)
+    user.end_sessions()
+    session.flush()
+
+
+def set_disabled(session: Session, user: User, disabled: bool, by: User | None = None) -> None:
+    """Disable (every session ends, tokens stop working, login is refused) or enable a user."""
+    if disabled and by is not None and by.id == user.id:
+        raise BadInput("username: you cannot disable your own account", "username")
+    user.disabled = disabled
+    if disabled:
+        user.end_sessions()
+    session.flush()
+
+
+def inventory_dir() -> Path:
+    """Return the directory every project inventory must come from."""
+    return Path(current_app.config["FERRY_INVENTORY_DIR"]).resolve()
+
+
+def _inventory_file(value: str) -> Path:
+    """Return the resolved path of an allowed inventory, or raise BadInput saying why it is not allowed.
+
+    Allowed: a regular, non-executable file inside the inventory directory (Ansible runs an executable
+    inventory as a dynamic inventory script on the worker).
+    """
+    root = inventory_dir()
+    raw = Path(value)
+    path = (raw if raw.is_absolute() else root / raw).resolve()
+    if not path.is_relative_to(root) or path == root:
+        raise BadInput(f"inventory: {value!r} is outside the inventory directory {root}", "inventory")
+    if not path.is_file():
+        raise BadInput(f"inventory: no such file {path} in the inventory directory", "inventory")
+    if path.stat().st_mode & 0o111:
+        raise BadInput(
+            f"inventory: {value!r} is executable (Ansible would run it as a script); only static files are allowed",
+            "inventory",
+        )
+    return path
+
+
 def inventory_path(inventory: str) -> Path:
-    """Resolve a project's inventory setting (relative to inventory/ or absolute)."""
-    path = Path(inventory)
-    return path if path.is_absolute() else current_app.config["FERRY_INVENTORY_DIR"] / path
+    """Resolve a project's inventory setting (a name in the inventory directory), refusing anything else."""
+    return _inventory_file(inventory)
+
+
+def inventory_choices() -> list[str]:
+    """Return the inventory names an admin may choose: static files in the inventory directory."""
+    root = inventory_dir()
+    if not root.is_dir():
+        return []
+    names = []
+    for path in sorted(root.rglob("*")):
+        name = str(path.relative_to(root))
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue
+        try:
+            _inventory_file(name)
+        except BadInput:
+            continue
+        names.append(name)
+    return names
+
+
+def hook_choices() -> list[str]:
+    """Return the hook task files an admin may choose: the YAML files in playbooks/hooks/, as `hooks/<name>`."""
+    hooks = Path(current_app.config["FERRY_PLAYBOOK_DIR"]) / HOOK_DIR
+    if not hooks.is_dir():
+        return []
+    files = [p for p in hooks.iterdir() if p.suffix in (".yml", ".yaml") and p.is_file() and not p.is_symlink()]
+    return sorted(f"{HOOK_DIR}/{p.name}" for p in files)
+
+
+def hook_file(value: str) -> str:
+    """Return the stored form (`hooks/<name>`) of an allowed hook task file, or raise BadInput."""
+    wanted = f"{HOOK_DIR}/{value.removeprefix(HOOK_DIR + '/')}"
+    choices = hook_choices()
+    if wanted not in choices:
+        raise BadInput(
+            f"hook_tasks: {value!r} is not a task file in playbooks/{HOOK_DIR}/ (choose one of: "
+            f"{', '.join(choices) or 'none there'})",
+            "hook_tasks",
+        )
+    return wanted
 
 
 def _check_settings(values: dict) -> dict:
     """Validate project settings shared by create and update."""
+    for field in ("svn_url", "staging_dir", "staging_url", "inventory", "group", "hook_tasks"):
+        if field in values:
+            if not isinstance(values[field], str):
+                raise BadInput(f"{field}: must be a string", field)
+            values[field] = validation.plain_text(values[field], field, single_line=True).strip()
     for field in ("svn_url", "staging_dir", "inventory", "group"):
-        if field in values and not str(values[field] or "").strip():
+        if field in values and not values[field]:
             raise BadInput(f"{field}: required", field)
     if "svn_url" in values and not str(values["svn_url"]).startswith(
         ("file://", "svn://", "http://", "https://", "svn+ssh://")
@@ -47,15 +150,19 @@ def _check_settings(values: dict) -> dict:
         raise BadInput("svn_url: must be a file://, svn://, svn+ssh:// or http(s):// URL", "svn_url")
     if "staging_dir" in values and not Path(values["staging_dir"]).is_absolute():
         raise BadInput("staging_dir: must be an absolute path", "staging_dir")
-    if "inventory" in values and not inventory_path(values["inventory"]).is_file():
-        raise BadInput(f"inventory: no such file {inventory_path(values['inventory'])}", "inventory")
+    if "inventory" in values:
+        values["inventory"] = str(_inventory_file(values["inventory"]).relative_to(inventory_dir()))
+    if "group" in values and not _GROUP.fullmatch(values["group"]):
+        raise BadInput("group: an inventory group name (letters, digits, '_', '-', '.'), not a pattern", "group")
+    if values.get("hook_tasks"):
+        values["hook_tasks"] = hook_file(values["hook_tasks"])
     if "deploy_mode" in values and values["deploy_mode"] not in DEPLOY_MODES:
         raise BadInput("deploy_mode: atomic or inplace", "deploy_mode")
-    for field, low in (("keep_releases", 2), ("forks", 1), ("stage_timeout", 10)):
-        if field in values and (not isinstance(values[field], int) or values[field] < low):
-            raise BadInput(f"{field}: a whole number >= {low}", field)
+    for field, (low, high) in NUMBER_SETTINGS.items():
+        if field in values:
+            values[field] = validation.integer(values[field], field, low, high)
     if "shared_paths" in values:
-        values["shared_paths"] = validation.svn_paths(values["shared_paths"])
+        values["shared_paths"] = validation.shared_paths(values["shared_paths"])
     return values
 
 

@@ -115,6 +115,13 @@ class TicketFacts:
     author_id: int
     requires_approval: bool = True
     allow_self_approval: bool = False
+    # Who else changed the ticket's content (paths, revision, reason) or marked it tested: for the
+    # self-approval rule they count as authors, so nobody approves work they shaped or vouched for.
+    contributor_ids: frozenset[int] = frozenset()
+
+    def is_own(self, user_id: int) -> bool:
+        """Tell whether `user_id` filed, changed or tested this ticket (four eyes: may not approve it)."""
+        return user_id == self.author_id or user_id in self.contributor_ids
 
 
 @dataclass(frozen=True)
@@ -153,8 +160,8 @@ def check_permission(ticket: TicketFacts, actor: Actor, action: str) -> None:
     if action in LEAD_ACTIONS:
         if actor.role is not Role.LEAD:
             raise TransitionError(f"only a lead of the project may {action}", 403)
-        if ticket.author_id == actor.user_id and not ticket.allow_self_approval:
-            raise TransitionError("you cannot approve or reject your own ticket", 403)
+        if ticket.is_own(actor.user_id) and not ticket.allow_self_approval:
+            raise TransitionError("you cannot approve or reject your own ticket (you filed, changed or tested it)", 403)
         return
     if actor.role is not Role.LEAD and ticket.author_id != actor.user_id:
         raise TransitionError(f"only the ticket's author or a lead may {action}", 403)
@@ -190,10 +197,5 @@ def system_transition(event: str, state: State) -> State:
 
 
 def is_self_approval_override(ticket: TicketFacts, actor: Actor, action: str) -> bool:
-    """Tell whether an admin is approving their own ticket where the project forbids it."""
-    return (
-        action in LEAD_ACTIONS
-        and actor.is_admin
-        and ticket.author_id == actor.user_id
-        and not ticket.allow_self_approval
-    )
+    """Tell whether an admin is approving a ticket they filed, changed or tested where the project forbids it."""
+    return action in LEAD_ACTIONS and actor.is_admin and ticket.is_own(actor.user_id) and not ticket.allow_self_approval

@@ -83,10 +83,10 @@ class LocalHosts:
         return root / "current" if (root / "current").exists() else root
 
 
-def make_local_hosts(base: Path, n: int = 3, group: str = "web") -> LocalHosts:
-    """Write an inventory of n local hosts, each with its own deploy_root."""
+def make_local_hosts(base: Path, n: int = 3, group: str = "web", inventory: Path | None = None) -> LocalHosts:
+    """Write an inventory of n local hosts, each with its own deploy_root (at `inventory`, else base/hosts.ini)."""
     lines = [f"[{group}]"]
-    hosts = LocalHosts(inventory=base / "hosts.ini", group=group)
+    hosts = LocalHosts(inventory=inventory or base / "hosts.ini", group=group)
     for i in range(1, n + 1):
         name = f"web{i}"
         root = base / "hosts" / name

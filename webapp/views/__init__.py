@@ -6,8 +6,10 @@ import json
 
 from flask import Flask, flash, jsonify, redirect, render_template, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import IntegerConverter, ValidationError
 
-from ..errors import DomainError
+from .. import validation
+from ..errors import BadInput, DomainError
 from ..extensions import csrf, db
 from . import admin, api, pages, runs
 
@@ -53,8 +55,22 @@ def _security_headers(response):
     return response
 
 
+class IdConverter(IntegerConverter):
+    """`<int:…>` in URLs: ASCII digits within the range an id can have; anything else is a 404, never a 500."""
+
+    regex = r"[0-9]+"
+
+    def to_python(self, value: str) -> int:
+        """Return the id, or refuse the match (404) when no row can have it."""
+        try:
+            return validation.integer(value, "id")
+        except BadInput:
+            raise ValidationError() from None
+
+
 def init_app(app: Flask) -> None:
     """Register blueprints, error handlers and response headers."""
+    app.url_map.converters["int"] = IdConverter  # before the blueprints add their rules
     app.register_blueprint(pages.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(api.bp)

@@ -9,7 +9,6 @@ from flask_login import current_user, login_required
 from sqlalchemy import select
 
 from .. import projects as svc
-from ..errors import BadInput
 from ..extensions import db
 from ..models import Project, User
 
@@ -29,14 +28,9 @@ def admin_required(view):
     return wrapped
 
 
-def _int(form, field: str, default: int) -> int:
-    """Read a whole number from a form field."""
-    raw = form.get(field, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit():
-        raise BadInput(f"{field}: a whole number", field)
-    return int(raw)
+def _int(form, field: str, default: int) -> object:
+    """Read a number field from the form: the default when blank, else the text (the service checks it)."""
+    return form.get(field, "").strip() or default
 
 
 def project_settings(form) -> dict:
@@ -58,10 +52,22 @@ def project_settings(form) -> dict:
     }
 
 
+def form_choices() -> dict:
+    """Return what the project form's selects offer: inventories and hook task files found on disk."""
+    return {"inventories": svc.inventory_choices(), "hooks": svc.hook_choices()}
+
+
 @bp.route("/users", methods=["GET", "POST"])
 @admin_required
 def users():
-    """List users and create new ones."""
+    """List users, create new ones, disable or enable them."""
+    if request.method == "POST" and request.form.get("op") in ("disable", "enable"):
+        user = svc.get_user(db.session, request.form.get("username", ""))
+        disable = request.form["op"] == "disable"
+        svc.set_disabled(db.session, user, disable, by=current_user)
+        db.session.commit()
+        flash(f"User {user.username} {'disabled: every session ended' if disable else 'enabled'}.", "success")
+        return redirect(url_for("admin.users"), code=303)
     if request.method == "POST":
         svc.create_user(
             db.session,
@@ -85,7 +91,7 @@ def projects():
         flash(f"Project {project.name} created.", "success")
         return redirect(url_for("admin.project_edit", name=project.name), code=303)
     rows = db.session.scalars(select(Project).order_by(Project.name)).all()
-    return render_template("admin_projects.html", projects=rows)
+    return render_template("admin_projects.html", projects=rows, **form_choices())
 
 
 @bp.route("/projects/<name>", methods=["GET", "POST"])
@@ -105,4 +111,4 @@ def project_edit(name: str):
         db.session.commit()
         return redirect(url_for("admin.project_edit", name=name), code=303)
     users = db.session.scalars(select(User).order_by(User.username)).all()
-    return render_template("admin_project.html", project=project, users=users)
+    return render_template("admin_project.html", project=project, users=users, **form_choices())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, g, jsonify, request
 from sqlalchemy import select
 
-from .. import projects, releases, runs, tickets, workflow
+from .. import projects, releases, runs, tickets, validation, workflow
 from ..auth import token_required
 from ..dispatch import dispatch
 from ..errors import BadInput
@@ -40,7 +40,10 @@ def _body(allowed: set[str]) -> dict:
     """Return the JSON object body, refusing other types and unknown fields."""
     if not request.data:
         return {}
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:  # the JSON parser recurses once per level: 50,000 nested lists exhaust the stack
+        raise BadInput("body: JSON nested too deeply", "body") from None
     if not isinstance(data, dict):
         raise BadInput("body: must be a JSON object", "body")
     unknown = sorted(set(data) - allowed)
@@ -140,16 +143,14 @@ def create_rollback():
 def get_run(run_id: int):
     """Return a run's status, hosts and log lines from `offset` (for following a live run)."""
     run = runs.get_run(db.session, run_id, g.api_user)
-    offset = request.args.get("offset", "0")
-    if not offset.isdigit():
-        return error_response("offset: must be a non-negative integer", 400)
-    lines = runs.log_lines(run, int(offset))
+    offset = validation.integer(request.args.get("offset", "0"), "offset")
+    lines = runs.log_lines(run, offset)
     data = run_json(run)
     data.update(
         ticket=run.ticket_id,
         progress=runs.progress(run),
-        offset=int(offset),
-        next_offset=int(offset) + len(lines),
+        offset=offset,
+        next_offset=offset + len(lines),
         lines=lines,
         replay=run.run_dir and " ".join(replay_command(run)),
     )

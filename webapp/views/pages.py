@@ -153,9 +153,8 @@ def project_detail(name: str):
 @login_required
 def request_rollback(name: str):
     """File a rollback ticket from the release history."""
-    version = request.form.get("version", "")
     ticket = releases.create_rollback(
-        db.session, name, current_user, int(version) if version.isdigit() else version, request.form.get("reason")
+        db.session, name, current_user, request.form.get("version"), request.form.get("reason")
     )
     db.session.commit()
     flash(f"Rollback ticket #{ticket.id} to version {ticket.version} filed; a lead must approve it.", "success")
