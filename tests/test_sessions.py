@@ -70,9 +70,10 @@ def test_session_needs_the_current_generation(app, world):
     with c.session_transaction() as s:
         s["_user_id"] = f"{dev.id}:{dev.session_generation}"
     assert logged_in(c)  # a cookie signed with the app's key and the live generation is a session
-    with c.session_transaction() as s:
-        s["_user_id"] = f"{dev.id}:{dev.session_generation + 1}"
-    assert not logged_in(c)
+    for forged in (f"{dev.id}:{dev.session_generation + 1}", "9999999999:0", f"{dev.id}:0:0", f" {dev.id}:0"):
+        with c.session_transaction() as s:
+            s["_user_id"] = forged
+        assert not logged_in(c), forged
 
 
 def test_log_out_everywhere_from_the_profile(app, world):

@@ -12,6 +12,7 @@ from flask_login import current_user, login_required, login_user, logout_user
 from sqlalchemy import select
 
 from . import validation
+from .errors import BadInput
 from .extensions import db, login_manager
 from .models import ApiToken, User, spend_password_check, utcnow
 
@@ -27,7 +28,10 @@ def load_user(session_id: str) -> User | None:
     match = _SESSION_ID.fullmatch(session_id)
     if match is None:
         return None  # a cookie from before session generations, or garbage: not logged in
-    user = db.session.get(User, validation.integer(match.group(1), "session"))
+    try:
+        user = db.session.get(User, validation.integer(match.group(1), "session"))
+    except BadInput:
+        return None
     if user is None or user.disabled or user.get_id() != session_id:
         return None
     return user
