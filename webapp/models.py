@@ -119,6 +119,7 @@ class Project(db.Model):
     forks: Mapped[int] = mapped_column(default=10)
     stage_timeout: Mapped[int] = mapped_column(default=1800)
     live_version: Mapped[int | None]
+    staging_commit: Mapped[str | None] = mapped_column(String(40))  # the snapshot staging serves now
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     memberships: Mapped[list[Membership]] = relationship(back_populates="project", cascade="all, delete-orphan")
@@ -223,6 +224,7 @@ class Run(db.Model):
     error: Mapped[str] = mapped_column(Text, default="")
     run_dir: Mapped[str] = mapped_column(String(1024), default="")
     log: Mapped[str] = mapped_column(Text, default="")
+    outputs: Mapped[dict] = mapped_column(JSON, default=dict)  # what the stage reported (e.g. unversioned files)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]

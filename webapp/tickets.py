@@ -156,7 +156,9 @@ def act(session: Session, ticket: Ticket, user: User, action: str, data: dict | 
     if action == workflow.TEST_PASSED:
         if not ticket.staging_commit:
             raise Conflict("staging has no snapshot for this ticket yet")
-        fields["tested_commit"] = ticket.staging_commit  # what the testers saw is what ships
+        # What the testers saw is what ships: the snapshot staging serves at this moment, which includes any
+        # later update of another ticket (the lead sees those tickets listed as carried along).
+        fields["tested_commit"] = ticket.project.staging_commit or ticket.staging_commit
         if new is State.APPROVED:
             comment = comment or "project needs no approval"
     if action == workflow.APPROVE:
