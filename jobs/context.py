@@ -6,6 +6,8 @@ from contextlib import AbstractContextManager, nullcontext
 
 from flask import Flask, has_app_context
 
+from webapp import create_app
+
 _app: Flask | None = None
 
 
@@ -15,7 +17,5 @@ def app_context() -> AbstractContextManager:
     if has_app_context():
         return nullcontext()
     if _app is None:
-        from webapp import create_app  # imported late: the worker builds the app on first job only
-
         _app = create_app()
     return _app.app_context()

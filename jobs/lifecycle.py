@@ -13,12 +13,13 @@ from redis import Redis
 from sqlalchemy import select, update
 
 from webapp.extensions import db
+from webapp.live import cancel_key, heartbeat_key, log_stream_key, progress_key, redis_connection
 from webapp.models import HostResult, Run, utcnow
+from webapp.stages import Stage
 
+from . import runner
 from .context import app_context
-from .keys import cancel_key, heartbeat_key, log_stream_key, progress_key
 from .locks import ProjectLock
-from .queue import redis_connection
 from .runner import RunResult
 
 LOG_STREAM_MAXLEN = 20000  # lines kept per run in Redis; the DB keeps the finished log
@@ -166,13 +167,13 @@ def claim(run_id: int, expected_state: str) -> Run | None:
     return run
 
 
-def execute(run_id: int, expected_state: str, lane: str, body, fail) -> str:
+def execute(run_id: int, stage: Stage, body, fail) -> str:
     """Run one stage job: claim the run, hold heartbeat and lock, record an unexpected error, re-raise it for RQ."""
     with app_context():
-        run = claim(run_id, expected_state)
+        run = claim(run_id, stage.claim_state.value)
         if run is None:
             return "skipped"
-        with RunContext(run, lane) as ctx:
+        with RunContext(run, stage.lane) as ctx:
             try:
                 return body(ctx)
             except Exception as e:
@@ -204,6 +205,20 @@ def project_dir(project_name: str) -> Path:
     path = Path(current_app.config["FERRY_DATA_DIR"]) / "projects" / project_name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def prepare_run_dir(run: Run, stage: Stage, inventory_file: Path | None, extravars: dict) -> Path:
+    """Lay out a run's ansible-runner dir from the configured playbooks (FERRY_PLAYBOOK_DIR); return it."""
+    run_dir = run_dir_for(run)
+    runner.prepare_run_dir(
+        run_dir,
+        playbook=stage.playbook,
+        playbooks_dir=current_app.config["FERRY_PLAYBOOK_DIR"],
+        inventory_file=inventory_file,
+        extravars=extravars,
+        envvars=ansible_envvars(),
+    )
+    return run_dir
 
 
 def ansible_envvars() -> dict:

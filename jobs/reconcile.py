@@ -15,18 +15,18 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from sqlalchemy import select
 
-from webapp import tickets, workflow
+from webapp import tickets
+from webapp.dispatch import enqueue_run
 from webapp.errors import Conflict
 from webapp.extensions import db
+from webapp.live import redis_connection
 from webapp.models import Run, utcnow
+from webapp.stages import stage
 
 from .context import app_context
 from .lifecycle import heartbeat_ttl, run_dir_for
 from .locks import force_release
-from .queue import enqueue_run, redis_connection
 from .runner import stop_orphans
-
-FAIL_EVENT = {"staging": workflow.STAGING_FAILED, "release": workflow.RELEASE_FAILED}
 
 
 def _job_alive(redis, job_id: str) -> bool:
@@ -53,9 +53,9 @@ def reconcile() -> dict:
                 continue
             stop_orphans(run_dir_for(run))
             run.status, run.error, run.finished_at = "lost", "worker lost: the run stopped without an end", now
-            force_release(redis, run.project_id, "staging" if run.stage == "staging" else "release", run.id)
+            force_release(redis, run.project_id, stage(run.stage).lane, run.id)
             try:
-                tickets.fire(db.session, run.ticket_id, FAIL_EVENT[run.stage], run.error, last_error=run.error)
+                tickets.fire(db.session, run.ticket_id, stage(run.stage).fail_event, run.error, last_error=run.error)
             except Conflict:
                 pass  # the ticket already moved on
             db.session.commit()

@@ -7,12 +7,11 @@ from pathlib import Path
 
 from webapp.extensions import db
 from webapp.models import Run, TicketEvent, utcnow
+from webapp.stages import stage
 
 from . import runner
 from .inventory import group_hosts
 from .lifecycle import RunContext, run_dir_for
-
-PLAYBOOKS = {"staging": "staging_update.yml", "release": "release.yml"}
 
 
 def replay(run_id: int, limit: str | None = None, user_id: int | None = None) -> Run:
@@ -38,14 +37,15 @@ def replay(run_id: int, limit: str | None = None, user_id: int | None = None) ->
         shutil.copytree(Path(original.run_dir) / part, target / part, symlinks=True)
     (target / "env" / "cmdline").unlink(missing_ok=True)  # forks/limit are written afresh below
     project = original.project
-    playbook = PLAYBOOKS[original.stage]
+    definition = stage(original.stage)
+    playbook = definition.playbook
     expected = ["localhost"]
-    if original.stage == "release":
+    if definition.per_host:
         expected = group_hosts(target / "inventory" / "hosts", project.group)
         if limit:
             wanted = set(limit.split(","))
             expected = [h for h in expected if h in wanted]
-    with RunContext(new, f"{original.stage if original.stage == 'staging' else 'release'}") as ctx:
+    with RunContext(new, definition.lane) as ctx:
         ctx.wait_for_lock(lambda holder: f"run #{holder}")
         result = runner.run_playbook(
             target,

@@ -17,12 +17,13 @@ from pathlib import Path
 
 from ansible_runner.interface import init_runner
 
+from webapp.config import DEFAULT_STAGE_TIMEOUT
+
 log = logging.getLogger(__name__)
 
-PLAYBOOKS_DIR = Path(__file__).resolve().parent.parent / "playbooks"
+PLAYBOOKS_DIR = Path(__file__).resolve().parent.parent / "playbooks"  # default; jobs pass FERRY_PLAYBOOK_DIR
 # ansible-runner execs ansible-playbook from PATH (TESTHOSTS pitfall 1): use this interpreter's venv.
 VENV_BIN = Path(sys.executable).parent
-ANSIBLE_RUNNER = VENV_BIN / "ansible-runner"
 
 SECRET_NAME = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|API_KEY|PRIVATE_KEY", re.IGNORECASE)
 SECRET_EXACT = {"DATABASE_URL", "REDIS_URL"}
@@ -54,8 +55,8 @@ class RunnerSetupError(Exception):
 
 
 @dataclass
-class HostResult:
-    """Outcome of one host in one run."""
+class HostOutcome:
+    """Outcome of one host in one run (stored by the job as a webapp.models.HostResult row)."""
 
     host: str
     status: str  # "ok" | "changed" | "failed" | "unreachable" | "skipped"
@@ -69,7 +70,7 @@ class RunResult:
 
     status: str  # "successful" | "failed" | "canceled" | "timeout"
     rc: int | None
-    hosts: dict[str, HostResult]
+    hosts: dict[str, HostOutcome]
     outputs: dict
     error: str
     run_dir: Path
@@ -96,13 +97,15 @@ def prepare_run_dir(
     run_dir: Path,
     *,
     playbook: str,
+    playbooks_dir: Path | None = None,
     inventory_file: Path | None,
     extravars: dict,
     envvars: dict,
 ) -> None:
     """Lay out an ansible-runner private data dir that ops can replay with `ansible-runner run <dir> -p <pb>`."""
-    if not (PLAYBOOKS_DIR / playbook).is_file():
-        raise RunnerSetupError(f"playbook not found: {PLAYBOOKS_DIR / playbook}")
+    source = Path(playbooks_dir or PLAYBOOKS_DIR)
+    if not (source / playbook).is_file():
+        raise RunnerSetupError(f"playbook not found: {source / playbook}")
     if inventory_file is not None and not Path(inventory_file).is_file():
         raise RunnerSetupError(f"inventory file not found: {inventory_file}")
     bad = [k for k in envvars if not k.startswith("ANSIBLE_") or is_secret_name(k)]
@@ -114,7 +117,7 @@ def prepare_run_dir(
         shutil.rmtree(project)
     # A copy, not a symlink: the run dir must replay the playbooks as they were, even after a deploy of Ferry.
     shutil.copytree(
-        PLAYBOOKS_DIR,
+        source,
         project,
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.retry"),
     )
@@ -132,13 +135,6 @@ def prepare_run_dir(
         **{k: str(v) for k, v in envvars.items()},
     }
     (env_dir / "envvars").write_text(json.dumps(merged, indent=2, sort_keys=True))
-
-
-def replay_command(run_dir: Path, playbook: str) -> list[str]:
-    """Return the ansible-runner CLI argv that replays a prepared run dir by hand."""
-    # ansible-runner finds ansible-playbook on PATH only (its --binary drops the playbook argument).
-    path = os.pathsep.join([str(VENV_BIN), os.environ.get("PATH", os.defpath)])
-    return ["env", f"PATH={path}", str(ANSIBLE_RUNNER), "run", str(Path(run_dir).absolute()), "-p", playbook]
 
 
 def _trim(text: str) -> str:
@@ -226,7 +222,7 @@ class _Tracker:
     def __init__(self, on_event: Callable[[dict], None] | None) -> None:
         """Start empty."""
         self.on_event = on_event
-        self.hosts: dict[str, HostResult] = {}
+        self.hosts: dict[str, HostOutcome] = {}
         self.outputs: dict = {}
         self.error = ""
         self.stats_hosts: set[str] | None = None
@@ -260,7 +256,7 @@ class _Tracker:
         elif kind == "runner_on_ok" and res.get("changed"):
             status = "changed"
         host = data["host"]
-        hr = self.hosts.get(host) or self.hosts.setdefault(host, HostResult(host, "skipped", ""))
+        hr = self.hosts.get(host) or self.hosts.setdefault(host, HostOutcome(host, "skipped", ""))
         msg = res.get("msg") or ""
         if not isinstance(msg, str):
             msg = json.dumps(msg, default=str)
@@ -364,7 +360,7 @@ def run_playbook(
     expected_hosts: list[str] | None = None,
     limit: str | None = None,
     forks: int = 10,
-    timeout: int = 1800,
+    timeout: int = DEFAULT_STAGE_TIMEOUT,
     on_event: Callable[[dict], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> RunResult:
@@ -429,7 +425,7 @@ def _result(
     missing = sorted(set(expected or []) - covered)
     if missing:
         for host in missing:
-            hr = hosts.setdefault(host, HostResult(host, "failed", ""))
+            hr = hosts.setdefault(host, HostOutcome(host, "failed", ""))
             if hr.status not in ("failed", "unreachable"):
                 hr.status = "failed"
             hr.message = hr.message or "no result: the playbook did not reach this host"
@@ -449,11 +445,10 @@ def _result(
 
 
 __all__ = [
-    "HostResult",
+    "HostOutcome",
     "RunResult",
     "RunnerSetupError",
     "prepare_run_dir",
-    "replay_command",
     "run_playbook",
     "stop_orphans",
 ]

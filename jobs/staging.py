@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 
-from webapp import tickets, workflow
+from webapp import stages, tickets, workflow
 from webapp.errors import Conflict
 from webapp.extensions import db
 
 from . import runner
-from .lifecycle import RunContext, ansible_envvars, execute, project_dir, run_dir_for
+from .lifecycle import RunContext, execute, prepare_run_dir, project_dir
 
-PLAYBOOK = "staging_update.yml"
+STAGE = stages.STAGING
 # What a staging run keeps from its snapshot report (the changed list and counts, files not shipped).
 SNAPSHOT_OUTPUTS = ("svn_revision", "changed", "changed_count", "unversioned", "unversioned_count")
 
@@ -25,7 +25,7 @@ def _untemplatable(text: str) -> str:
 
 def update_staging(run_id: int) -> str:
     """RQ job: update the project's staging working copy for one ticket and snapshot it."""
-    return execute(run_id, workflow.State.PENDING_STAGING, "staging", _update, _fail)
+    return execute(run_id, STAGE, _update, _fail)
 
 
 def _update(ctx: RunContext) -> str:
@@ -43,12 +43,11 @@ def _update(ctx: RunContext) -> str:
         db.session.commit()
         return "canceled"
     db.session.commit()
-    run_dir = run_dir_for(run)
-    runner.prepare_run_dir(
-        run_dir,
-        playbook=PLAYBOOK,
-        inventory_file=None,
-        extravars={
+    run_dir = prepare_run_dir(
+        run,
+        STAGE,
+        None,
+        {
             "svn_url": project.svn_url,
             "staging_dir": project.staging_dir,
             "snapshot_git_dir": str(project_dir(project.name) / "staging.git"),
@@ -56,11 +55,10 @@ def _update(ctx: RunContext) -> str:
             "svn_revision": ticket.svn_revision,
             "commit_message": f"ticket #{ticket.id} run #{run.id}: {_untemplatable(ticket.reason[:200])}",
         },
-        envvars=ansible_envvars(),
     )
     result = runner.run_playbook(
         run_dir,
-        PLAYBOOK,
+        STAGE.playbook,
         expected_hosts=["localhost"],
         timeout=project.stage_timeout,
         on_event=ctx.on_event,

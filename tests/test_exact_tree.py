@@ -241,7 +241,9 @@ def test_hook_failure_switches_every_host_back(flow_world):
     project.hook_tasks = "hooks/fail_when_marked.yml"
     db.session.commit()
     inv = world.hosts.inventory
-    inv.write_text(inv.read_text().replace("web2 ansible_connection=local", "web2 ansible_connection=local ferry_hook_fail=1"))
+    inv.write_text(
+        inv.read_text().replace("web2 ansible_connection=local", "web2 ansible_connection=local ferry_hook_fail=1")
+    )
     world.svn.commit({"index.html": "<h1>two</h1>\n"}, "two")
     tid = flow.staged(reason="two")
     flow.approve(tid)

@@ -14,11 +14,11 @@ from redis import Redis
 from rq import Queue
 from sqlalchemy import func, select
 
-from jobs.keys import cancel_key
 from tests.conftest import PASSWORD, build_world
 from webapp import projects as svc
 from webapp.auth import issue_token
 from webapp.extensions import db
+from webapp.live import cancel_key
 from webapp.models import Release, Run, Ticket, TicketEvent, User
 
 pytestmark = pytest.mark.integration

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from jobs import runner
+from webapp.stages import replay_argv
 
 pytestmark = pytest.mark.integration
 
@@ -91,7 +92,7 @@ def test_results_events_replay_and_no_secrets(tmp_path: Path, monkeypatch: pytes
     command = json.loads(next((run_dir / "artifacts").glob("*/command")).read_text())
     assert "env" not in command
 
-    argv = runner.replay_command(run_dir, "ping.yml")
+    argv = replay_argv(run_dir, "ping.yml")
     clean_env = {k: v for k, v in os.environ.items() if not runner.is_secret_name(k)}
     proc = subprocess.run(argv, capture_output=True, text=True, env=clean_env, timeout=60, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -10,6 +10,7 @@ import pytest
 from redis import Redis
 from sqlalchemy import select
 
+from jobs.cli import runs_cli
 from jobs.reconcile import reconcile
 from tests.support.flow import Flow
 from tests.support.workers import ansible_processes, kill_worker, start_worker, stop_worker, wait_for
@@ -227,16 +228,16 @@ def test_replay_cli_records_a_new_run_and_old_run_dirs_are_pruned(flow, world, a
     assert (Path(run.run_dir) / "env" / "extravars").is_file()
     (world.hosts.roots["web1"] / "current" / "index.html").write_text("tampered\n")
     runner = app.test_cli_runner()
-    r = runner.invoke(args=["runs", "replay", str(run.id), "--limit", "web1"])
+    r = runner.invoke(runs_cli, ["replay", str(run.id), "--limit", "web1"])
     assert r.exit_code == 0, r.output
     assert "successful" in r.output
     assert (world.hosts.roots["web1"] / "current" / "index.html").read_text() == "<h1>two</h1>\n"
     new = db.session.scalar(select(Run).order_by(Run.id.desc()))
     assert new.id != run.id and [h.host for h in new.hosts] == ["web1"]
     assert "replayed run" in db.session.get(Ticket, t["id"]).history[-1].comment
-    r = runner.invoke(args=["runs", "show", str(run.id)])
+    r = runner.invoke(runs_cli, ["show", str(run.id)])
     assert "ansible-runner run" in r.output and str(run.run_dir) in r.output
-    assert f"#{new.id}" in runner.invoke(args=["runs", "list"]).output
+    assert f"#{new.id}" in runner.invoke(runs_cli, ["list"]).output
     app.config["FERRY_RUN_RETENTION"] = 1
     flow.ship({"index.html": "<h1>three</h1>\n"}, "three")
     db.session.expire_all()

@@ -11,8 +11,8 @@ from flask import Blueprint, Flask, flash, g, redirect, render_template, request
 from flask_login import current_user, login_required, login_user, logout_user
 from sqlalchemy import select
 
-from . import validation
-from .errors import BadInput
+from . import projects, throttle, validation
+from .errors import BadInput, error_response
 from .extensions import db, login_manager
 from .models import ApiToken, User, spend_password_check, utcnow
 
@@ -73,8 +73,6 @@ def token_required(view):
 
     @wraps(view)
     def wrapped(*args, **kwargs):
-        from .views.api import error_response  # one JSON error shape
-
         user = user_for_token(request.headers.get("Authorization"))
         if user is None:
             return error_response("missing or invalid bearer token", 401)
@@ -88,8 +86,6 @@ def token_required(view):
 def login():
     """Show the login form and log a user in."""
     if request.method == "POST":
-        from . import throttle
-
         username = request.form.get("username", "")
         # Counted before the password check, atomically: parallel requests cannot get more checks than the limit.
         if not throttle.attempt(username, request.remote_addr or ""):
@@ -150,8 +146,6 @@ def profile():
 
 def _change_password():
     """Change the current user's password: every other session ends, this one carries on (throttled like login)."""
-    from . import projects, throttle
-
     user = current_user._get_current_object()
     addr = request.remote_addr or ""
     if not throttle.attempt(user.username, addr):  # counted before the check, as for logins

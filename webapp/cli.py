@@ -1,4 +1,4 @@
-"""`flask` commands for ops: users, projects, memberships, the worker."""
+"""`flask` commands for ops: users, projects, memberships, the demo (pipeline commands: jobs/cli.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from flask.cli import AppGroup
 
 from . import projects as svc
 from .auth import issue_token
+from .config import DEFAULT_FORKS, DEFAULT_KEEP_RELEASES
 from .demo import demo
 from .errors import DomainError
 from .extensions import db
@@ -75,9 +76,9 @@ def user_enable(name: str) -> None:
 @click.option("--no-approval", is_flag=True, help="test passed goes straight to approved")
 @click.option("--allow-self-approval", is_flag=True, help="a lead may approve their own ticket")
 @click.option("--mode", "deploy_mode", type=click.Choice(["atomic", "inplace"]), default="atomic")
-@click.option("--keep", "keep_releases", type=int, default=5, help="releases kept per host")
-@click.option("--forks", type=int, default=10, help="hosts synced in parallel")
-@click.option("--timeout", "stage_timeout", type=int, default=1800, help="seconds a stage may run")
+@click.option("--keep", "keep_releases", type=int, default=DEFAULT_KEEP_RELEASES, help="releases kept per host")
+@click.option("--forks", type=int, default=DEFAULT_FORKS, help="hosts synced in parallel")
+@click.option("--timeout", "stage_timeout", type=int, default=None, help="stage time limit, s")
 @click.option("--shared", "shared_paths", multiple=True, help="path kept across releases (repeatable)")
 @click.option("--hook", "hook_tasks", default="", help="task file in playbooks/hooks/ run on each host after switch")
 def project_create(name: str, no_approval: bool, **settings: object) -> None:
@@ -100,105 +101,9 @@ def project_member(name: str, username: str, role: str) -> None:
     click.echo(f"{username} is {role} of {name}")
 
 
-@click.command("worker")
-@click.option("--burst", is_flag=True, help="stop when the queue is empty")
-def worker(burst: bool) -> None:
-    """Run an RQ worker for Ferry's queue (reconciles lost runs first)."""
-    from rq import Worker
-
-    from jobs.queue import queue, redis_connection
-    from jobs.reconcile import reconcile
-
-    click.echo(f"reconciled: {reconcile()}")
-    conn = redis_connection()
-    Worker([queue(conn)], connection=conn).work(burst=burst, with_scheduler=False)
-
-
-@click.command("reconcile")
-@click.option("--every", type=int, default=0, help="repeat every N seconds (0: once)")
-def reconcile_cmd(every: int) -> None:
-    """Find runs whose worker is gone, fail them, and re-enqueue runs that never reached the queue."""
-    import time
-
-    from jobs.reconcile import reconcile
-
-    while True:
-        click.echo(reconcile())
-        db.session.remove()  # next round reads fresh rows
-        if not every:
-            return
-        time.sleep(every)
-
-
-runs_cli = AppGroup("runs", help="Inspect and replay pipeline runs.")
-
-
-@runs_cli.command("list")
-@click.option("--project", default="", help="only this project")
-@click.option("--limit", default=20, help="how many, newest first")
-def runs_list(project: str, limit: int) -> None:
-    """List recent runs."""
-    from sqlalchemy import select
-
-    from .models import Project, Run
-
-    query = select(Run).order_by(Run.id.desc()).limit(limit)
-    if project:
-        query = query.join(Project, Run.project_id == Project.id).where(Project.name == project)
-    for run in db.session.scalars(query):
-        click.echo(
-            f"#{run.id:<5} {run.project.name:<16} ticket #{run.ticket_id:<5} {run.stage:<8} {run.status:<10} "
-            f"{run.created_at:%Y-%m-%d %H:%M:%S}  {run.run_dir or '(no run dir)'}"
-        )
-
-
-@runs_cli.command("show")
-@click.argument("run_id", type=int)
-def runs_show(run_id: int) -> None:
-    """Show a run: status, hosts, error, run dir, the replay command and the end of its log."""
-    from .models import Run
-    from .serialize import replay_command
-
-    run = db.session.get(Run, run_id)
-    if run is None:
-        raise click.ClickException(f"run {run_id} not found")
-    click.echo(
-        f"run #{run.id}: {run.stage} of ticket #{run.ticket_id} ({run.project.name}) — {run.status}, rc {run.rc}"
-    )
-    click.echo(f"started {run.started_at} finished {run.finished_at} version {run.version or '-'}")
-    for h in run.hosts:
-        click.echo(f"  {h.host:<20} {h.status:<12} {h.message[:200]}")
-    if run.error:
-        click.echo(f"error: {run.error}")
-    if run.run_dir:
-        click.echo(f"run dir: {run.run_dir}")
-        click.echo(f"replay by hand: PATH=$PWD/.venv/bin:$PATH {' '.join(replay_command(run))}")
-    click.echo("\n".join(run.log.splitlines()[-40:]))
-
-
-@runs_cli.command("replay")
-@click.argument("run_id", type=int)
-@click.option("--limit", default=None, help="only these hosts (comma-separated)")
-def runs_replay(run_id: int, limit: str | None) -> None:
-    """Replay a run from its run directory and record the result as a new run."""
-    from jobs.replay import replay
-
-    try:
-        new = replay(run_id, limit)
-    except LookupError as e:
-        raise click.ClickException(str(e)) from e
-    click.echo(f"replayed run #{run_id} as run #{new.id}: {new.status}")
-    for h in new.hosts:
-        click.echo(f"  {h.host:<20} {h.status:<12} {h.message[:200]}")
-    if new.status != "successful":
-        raise SystemExit(1)
-
-
 def init_app(app: Flask) -> None:
     """Register the CLI groups."""
     app.cli.add_command(user_cli)
     app.cli.add_command(project_cli)
-    app.cli.add_command(worker)
-    app.cli.add_command(reconcile_cmd)
     app.cli.add_command(demo)
-    app.cli.add_command(runs_cli)
+    # worker, reconcile, runs and verify live in jobs/cli.py (flask.commands entry points, pyproject.toml).

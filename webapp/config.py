@@ -8,7 +8,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_STAGE_TIMEOUT = 1800  # seconds a playbook may run before it is stopped
-DEFAULT_KEEP_RELEASES = 5
+DEFAULT_KEEP_RELEASES = 5  # releases kept per host (a project setting)
+DEFAULT_FORKS = 10  # hosts synced in parallel (a project setting)
 DEFAULT_RUN_RETENTION = 50  # run directories kept per project
 # Live-log (SSE) streams one web process serves at once; the rest of its threads stay free for pages and
 # the API. Half of the Procfile's `--threads 8`; keep it at most half of gunicorn's --threads.
@@ -28,7 +29,7 @@ def from_env() -> dict:
         "REDIS_URL": os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
         "FERRY_DATA_DIR": data_dir,
         "FERRY_INVENTORY_DIR": Path(os.environ.get("FERRY_INVENTORY_DIR", REPO_ROOT / "inventory")).resolve(),
-        "FERRY_PLAYBOOK_DIR": REPO_ROOT / "playbooks",
+        "FERRY_PLAYBOOK_DIR": Path(os.environ.get("FERRY_PLAYBOOK_DIR", REPO_ROOT / "playbooks")).resolve(),
         "FERRY_QUEUE": os.environ.get("FERRY_QUEUE", "ferry"),
         "FERRY_STAGE_TIMEOUT": int(os.environ.get("FERRY_STAGE_TIMEOUT", DEFAULT_STAGE_TIMEOUT)),
         "FERRY_RUN_RETENTION": int(os.environ.get("FERRY_RUN_RETENTION", DEFAULT_RUN_RETENTION)),

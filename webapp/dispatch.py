@@ -1,14 +1,34 @@
-"""Handing committed runs to the queue."""
+"""Handing committed runs to the queue: RQ carries only run ids; the database holds the truth."""
 
 from __future__ import annotations
 
 from flask import current_app
+from redis import Redis
 from redis.exceptions import RedisError
-
-from jobs.queue import enqueue_run
+from rq import Queue
 
 from .extensions import db
+from .live import redis_connection
 from .models import Run
+from .stages import JOB_TIMEOUT_MARGIN, stage
+
+
+def queue(connection: Redis | None = None) -> Queue:
+    """Return Ferry's RQ queue."""
+    return Queue(current_app.config["FERRY_QUEUE"], connection=connection or redis_connection())
+
+
+def enqueue_run(run_id: int, stage_name: str, timeout: int) -> str:
+    """Put one run on the queue (its stage's job, by dotted path) and return the RQ job id."""
+    job = queue().enqueue(
+        stage(stage_name).job,
+        run_id,
+        job_id=f"run-{run_id}",
+        job_timeout=timeout + JOB_TIMEOUT_MARGIN,
+        result_ttl=86400,
+        failure_ttl=7 * 86400,
+    )
+    return job.id
 
 
 def dispatch(run: Run | None) -> bool:

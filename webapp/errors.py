@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from flask import jsonify
+
 
 class DomainError(Exception):
     """Base of errors that a user caused and that change nothing."""
@@ -42,3 +44,8 @@ def from_status(message: str, status: int) -> DomainError:
     """Build the domain error that matches an HTTP status."""
     cls = {403: Forbidden, 404: NotFound, 409: Conflict}.get(status, BadInput)
     return cls(message)
+
+
+def error_response(message: str, status: int):
+    """Return the API's one JSON error shape: {"error": message} with the status code."""
+    return jsonify(error=message), status

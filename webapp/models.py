@@ -11,6 +11,7 @@ from flask_login import UserMixin
 from sqlalchemy import JSON, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from .config import DEFAULT_FORKS, DEFAULT_KEEP_RELEASES, DEFAULT_STAGE_TIMEOUT
 from .extensions import db
 from .workflow import Kind, Role, State
 
@@ -113,11 +114,11 @@ class Project(db.Model):
     requires_approval: Mapped[bool] = mapped_column(default=True)
     allow_self_approval: Mapped[bool] = mapped_column(default=False)
     deploy_mode: Mapped[str] = mapped_column(String(16), default="atomic")  # atomic | inplace
-    keep_releases: Mapped[int] = mapped_column(default=5)
+    keep_releases: Mapped[int] = mapped_column(default=DEFAULT_KEEP_RELEASES)
     shared_paths: Mapped[list] = mapped_column(JSON, default=list)
     hook_tasks: Mapped[str] = mapped_column(String(1024), default="")
-    forks: Mapped[int] = mapped_column(default=10)
-    stage_timeout: Mapped[int] = mapped_column(default=1800)
+    forks: Mapped[int] = mapped_column(default=DEFAULT_FORKS)
+    stage_timeout: Mapped[int] = mapped_column(default=DEFAULT_STAGE_TIMEOUT)
     live_version: Mapped[int | None]
     staging_commit: Mapped[str | None] = mapped_column(String(40))  # the snapshot staging serves now
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -171,6 +171,9 @@ def create_project(session: Session, name: str, **settings: object) -> Project:
     validation.name(name)
     if session.scalar(select(Project).where(Project.name == name)):
         raise Conflict(f"project {name!r} already exists", "name")
+    settings = {k: v for k, v in settings.items() if v is not None}
+    # The default stage timeout is the deployment's (FERRY_STAGE_TIMEOUT), not a number of the code's.
+    settings.setdefault("stage_timeout", current_app.config["FERRY_STAGE_TIMEOUT"])
     project = Project(name=name, **_check_settings(dict(settings)))
     session.add(project)
     session.flush()

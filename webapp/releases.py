@@ -1,18 +1,21 @@
-"""Release history, rollback tickets, and what a release would ship ("ship exactly what was tested")."""
+"""Every decision about releases: what to ship, what an outcome means for the record, rollbacks, previews.
+
+The release job (jobs/release.py) only executes; it asks this module what to ship (`plan`) and hands the
+outcome back (`record_success`, `switch_back_note`, `settle_without_shipping`).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from flask import current_app
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from jobs import snapshots
-
-from . import tickets, validation, workflow
+from . import snapshots, tickets, validation, workflow
 from .errors import BadInput, Conflict, Forbidden, NotFound
-from .models import Project, Release, Run, Ticket, TicketEvent, User
+from .models import Project, Release, Run, Ticket, TicketEvent, User, utcnow
 from .workflow import Kind, State
 
 
@@ -163,3 +166,128 @@ def preview(session: Session, ticket: Ticket) -> dict:
         "unversioned": list(outputs.get("unversioned") or []),
         "staging_moved_on": bool(ticket.tested_commit and project.staging_commit not in (None, ticket.tested_commit)),
     }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a release run should do: ship `version` (= `commit`), or nothing (contained / refuse)."""
+
+    verdict: str  # "ship" | "contained" | "refuse"
+    version: int
+    commit: str
+    message: str = ""
+
+
+def plan(session: Session, ticket: Ticket) -> Plan:
+    """Decide what releasing `ticket` ships, from the live version and the tested commit (never backwards)."""
+    project = ticket.project
+    if ticket.kind == Kind.ROLLBACK.value:
+        return Plan("ship", ticket.version, get_release(session, project, ticket.version).commit)
+    live = live_release(session, project)
+    tested = ticket.tested_commit
+    if ticket.version:  # a retry of a version already tagged for this ticket
+        return Plan("ship", ticket.version, tested)
+    git_dir = snapshot_git_dir(project)
+    if live is not None:
+        if snapshots.is_ancestor(git_dir, tested, live.commit):
+            return Plan("contained", live.version, live.commit, f"already live in version {live.version}")
+        if not snapshots.is_ancestor(git_dir, live.commit, tested):
+            return Plan(
+                "refuse",
+                live.version,
+                live.commit,
+                f"production runs version {live.version} ({live.commit[:10]}), which is not an ancestor of the "
+                f"tested snapshot {tested[:10]}; update staging and test again",
+            )
+    return Plan("ship", next_version(session, project), tested)
+
+
+def settle_without_shipping(session: Session, ticket: Ticket, plan: Plan) -> None:
+    """Close a release that ships nothing: contained in the live version (released), or refused (testing)."""
+    if plan.verdict == "contained":
+        comment = f"tested snapshot is already part of live version {plan.version}; nothing shipped"
+        tickets.fire(session, ticket.id, workflow.RELEASE_SUCCEEDED, comment, version=plan.version)
+    else:
+        tickets.fire(session, ticket.id, workflow.RELEASE_REFUSED, plan.message, last_error=plan.message)
+
+
+def record_success(session: Session, ticket: Ticket, version: int, commit: str, user_id: int | None) -> None:
+    """Record the new live version; a rollback marks the abandoned release bad and voids approvals carrying it."""
+    project = ticket.project
+    abandoned = live_release(session, project)
+    if ticket.kind == Kind.RELEASE.value and get_release(session, project, version) is None:
+        session.add(
+            Release(
+                project_id=project.id,
+                version=version,
+                commit=commit,
+                ticket_id=ticket.id,
+                svn_revision=ticket.staging_revision,
+                released_by_id=user_id,
+                created_at=utcnow(),
+            )
+        )
+    project.live_version = version
+    comment = f"version {version} live on every host"
+    tickets.fire(session, ticket.id, workflow.RELEASE_SUCCEEDED, comment, version=version, last_error="")
+    if ticket.kind != Kind.ROLLBACK.value or abandoned is None or abandoned.version == version:
+        return
+    abandoned.bad = True
+    git_dir = snapshot_git_dir(project)
+    waiting = session.scalars(
+        select(Ticket).where(
+            Ticket.project_id == project.id,
+            Ticket.kind == Kind.RELEASE.value,
+            Ticket.state.in_([State.PENDING_APPROVAL.value, State.APPROVED.value]),
+        )
+    )
+    for other in waiting:
+        if other.tested_commit and snapshots.is_ancestor(git_dir, abandoned.commit, other.tested_commit):
+            tickets.fire(
+                session,
+                other.id,
+                workflow.APPROVAL_VOIDED,
+                f"rollback #{ticket.id} abandoned version {abandoned.version}, which this ticket carries; test again",
+                approved_by_id=None,
+            )
+
+
+def switch_back_note(session: Session, project: Project, version: int, hosts: list[str], sync: dict) -> str:
+    """Say where the fleet stands after a run that failed once hosts already served version N.
+
+    The rule (README "Release integrity"): whatever fails after a switch, every switched host is put back on
+    the live version, so Ferry's record (the live version) equals what the hosts serve; a host that could not
+    be put back is named. `sync` is the run's per-host ferry_sync results. In-place mode's first release has
+    nothing to go back to: N is recorded as live.
+    """
+    live = project.live_version
+    if project.deploy_mode == "inplace":
+        touched = [h for h in hosts if "revert" in (sync.get(h) or {})]
+        if touched and live is None:
+            _record_inplace_first(session, project, version)
+            return f"; in-place first release: nothing to go back to, version {version} is live; retry runs the hooks"
+    else:
+        touched = [h for h in hosts if "switch" in (sync.get(h) or {})]
+    if not touched:
+        return ""
+    stuck = [h for h in touched if not (sync.get(h, {}).get("revert") or {}).get("reverted")]
+    if not stuck:
+        return f"; every host is back on version {live}" if live else "; every host serves nothing again"
+    return f"; {', '.join(stuck)} could not be switched back and may still serve version {version}"
+
+
+def _record_inplace_first(session: Session, project: Project, version: int) -> None:
+    """Record version N as live when an in-place first release synced it and a hook failed afterwards."""
+    ticket = session.scalar(select(Ticket).where(Ticket.project_id == project.id, Ticket.version == version))
+    if get_release(session, project, version) is None and ticket is not None:
+        session.add(
+            Release(
+                project_id=project.id,
+                version=version,
+                commit=ticket.tested_commit,
+                ticket_id=ticket.id,
+                svn_revision=ticket.staging_revision,
+                created_at=utcnow(),
+            )
+        )
+    project.live_version = version

@@ -8,17 +8,15 @@ from redis.exceptions import RedisError
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from jobs.keys import cancel_key, log_stream_key, progress_key
-from jobs.queue import redis_connection
-
-from . import tickets, workflow
+from . import tickets
 from .errors import Conflict, Forbidden, NotFound
+from .live import cancel_key, log_stream_key, progress_key, redis_connection
 from .models import Run, User, utcnow
+from .stages import stage
 from .workflow import Role
 
 ACTIVE = ("queued", "running")
 CANCEL_TTL = 3600
-FAIL_EVENT = {"staging": workflow.STAGING_FAILED, "release": workflow.RELEASE_FAILED}
 
 
 def get_run(session: Session, run_id: int, user: User) -> Run:
@@ -56,7 +54,7 @@ def cancel(session: Session, run: Run, user: User) -> None:
         if done.rowcount == 1:
             session.refresh(run)
             try:
-                tickets.fire(session, run.ticket_id, FAIL_EVENT[run.stage], run.error, last_error=run.error)
+                tickets.fire(session, run.ticket_id, stage(run.stage).fail_event, run.error, last_error=run.error)
             except Conflict:
                 pass  # the ticket had already moved on
             return

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import select
+
+from .extensions import db
 from .models import Project, Release, Run, Ticket, User
+from .releases import preview
+from .stages import replay_argv, stage
 from .tickets import allowed_actions
 
 CHANGE_STATES = ("testing", "pending_approval", "approved", "release_failed")
@@ -81,9 +86,6 @@ def ticket_json(ticket: Ticket, user: User, brief: bool = False) -> dict:
     if brief:
         return data
     if ticket.state in CHANGE_STATES:
-        from .extensions import db
-        from .releases import preview
-
         data["changes"] = preview(db.session, ticket)
     data["last_run"] = run_json(last_run(ticket))
     data["history"] = [
@@ -124,10 +126,6 @@ def release_json(release: Release, project: Project) -> dict:
 
 def _rollback_runs(release: Release) -> list[Run]:
     """Return release runs of rollback tickets that targeted this version."""
-    from sqlalchemy import select
-
-    from .extensions import db
-
     return list(
         db.session.scalars(
             select(Run)
@@ -144,5 +142,4 @@ def _rollback_runs(release: Release) -> list[Run]:
 
 def replay_command(run: Run) -> list[str]:
     """Return the command ops type to replay a run by hand (`ansible-runner run <dir> -p <playbook>`)."""
-    playbook = "staging_update.yml" if run.stage == "staging" else "release.yml"
-    return ["ansible-runner", "run", run.run_dir, "-p", playbook]
+    return replay_argv(run.run_dir, stage(run.stage).playbook)

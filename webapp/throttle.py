@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import current_app
 from redis.exceptions import RedisError
 
-from jobs.queue import redis_connection
+from .live import redis_connection
 
 MAX_FAILURES = 5
 WINDOW_SECONDS = 300

@@ -9,7 +9,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import IntegerConverter, ValidationError
 
 from .. import validation
-from ..errors import BadInput, DomainError
+from ..errors import BadInput, DomainError, error_response
 from ..extensions import csrf, db
 from . import admin, api, pages, runs
 
@@ -18,7 +18,7 @@ def _handle_domain_error(e: DomainError):
     """Render a domain error: JSON for the API, a flash and a redirect back for pages."""
     db.session.rollback()
     if request.path.startswith("/api/"):
-        return api.error_response(e.message, e.status)
+        return error_response(e.message, e.status)
     flash(e.message, "danger")
     if request.method == "POST" and request.referrer:
         return redirect(request.referrer, code=303)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from functools import wraps
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from sqlalchemy import select
 
 from .. import projects as svc
+from ..config import DEFAULT_FORKS, DEFAULT_KEEP_RELEASES
 from ..extensions import db
 from ..models import Project, User
 
@@ -44,9 +45,9 @@ def project_settings(form) -> dict:
         "requires_approval": form.get("requires_approval") == "on",
         "allow_self_approval": form.get("allow_self_approval") == "on",
         "deploy_mode": form.get("deploy_mode", "atomic"),
-        "keep_releases": _int(form, "keep_releases", 5),
-        "forks": _int(form, "forks", 10),
-        "stage_timeout": _int(form, "stage_timeout", 1800),
+        "keep_releases": _int(form, "keep_releases", DEFAULT_KEEP_RELEASES),
+        "forks": _int(form, "forks", DEFAULT_FORKS),
+        "stage_timeout": _int(form, "stage_timeout", current_app.config["FERRY_STAGE_TIMEOUT"]),
         "shared_paths": form.get("shared_paths", ""),
         "hook_tasks": form.get("hook_tasks", "").strip(),
     }

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from .. import projects, releases, runs, tickets, validation, workflow
 from ..auth import token_required
 from ..dispatch import dispatch
-from ..errors import BadInput
+from ..errors import BadInput, error_response
 from ..extensions import db
 from ..models import Project, Ticket
 from ..serialize import project_json, release_json, replay_command, run_json, ticket_json
@@ -29,11 +29,6 @@ FIELD_TYPES: dict[str, tuple[type, str]] = {
     "svn_revision": (int, "a positive integer or null"),
     "version": (int, "an integer"),
 }
-
-
-def error_response(message: str, status: int):
-    """Return the one JSON error shape."""
-    return jsonify(error=message), status
 
 
 def _body(allowed: set[str]) -> dict:

@@ -9,11 +9,9 @@ from flask import Blueprint, Response, flash, redirect, request, stream_with_con
 from flask_login import current_user, login_required
 from redis.exceptions import RedisError
 
-from jobs.keys import log_stream_key
-from jobs.queue import redis_connection
-
 from .. import runs
 from ..extensions import db
+from ..live import log_stream_key, redis_connection
 from ..models import Run
 
 bp = Blueprint("runs", __name__)

@@ -1,4 +1,14 @@
-"""Names of the Redis keys a run uses, shared by jobs (writers) and the web app (readers)."""
+"""Redis: the connection, and the names of the keys a live run uses (jobs write them, pages read them)."""
+
+from __future__ import annotations
+
+from flask import current_app
+from redis import Redis
+
+
+def redis_connection(url: str | None = None) -> Redis:
+    """Return a Redis connection for the configured REDIS_URL."""
+    return Redis.from_url(url or current_app.config["REDIS_URL"])
 
 
 def heartbeat_key(run_id: int) -> str:

@@ -1,0 +1,101 @@
+"""`flask` commands that drive the pipeline: the worker, the reconciler, runs (list, show, replay).
+
+They reach `flask --app webapp …` through the `flask.commands` entry points in pyproject.toml (Flask loads
+them for any app), so the web app never imports `jobs`: imports go one way, jobs → webapp.
+"""
+
+from __future__ import annotations
+
+import time
+
+import click
+from flask.cli import AppGroup, with_appcontext
+from rq import Worker
+from sqlalchemy import select
+
+from webapp.dispatch import queue
+from webapp.extensions import db
+from webapp.live import redis_connection
+from webapp.models import Project, Run
+from webapp.serialize import replay_command
+
+from .reconcile import reconcile
+from .replay import replay
+
+
+@click.command("worker")
+@with_appcontext
+@click.option("--burst", is_flag=True, help="stop when the queue is empty")
+def worker(burst: bool) -> None:
+    """Run an RQ worker for Ferry's queue (reconciles lost runs first)."""
+    click.echo(f"reconciled: {reconcile()}")
+    conn = redis_connection()
+    Worker([queue(conn)], connection=conn).work(burst=burst, with_scheduler=False)
+
+
+@click.command("reconcile")
+@with_appcontext
+@click.option("--every", type=int, default=0, help="repeat every N seconds (0: once)")
+def reconcile_cmd(every: int) -> None:
+    """Find runs whose worker is gone, fail them, and re-enqueue runs that never reached the queue."""
+    while True:
+        click.echo(reconcile())
+        db.session.remove()  # next round reads fresh rows
+        if not every:
+            return
+        time.sleep(every)
+
+
+runs_cli = AppGroup("runs", help="Inspect and replay pipeline runs.")
+
+
+@runs_cli.command("list")
+@click.option("--project", default="", help="only this project")
+@click.option("--limit", default=20, help="how many, newest first")
+def runs_list(project: str, limit: int) -> None:
+    """List recent runs."""
+    query = select(Run).order_by(Run.id.desc()).limit(limit)
+    if project:
+        query = query.join(Project, Run.project_id == Project.id).where(Project.name == project)
+    for run in db.session.scalars(query):
+        click.echo(
+            f"#{run.id:<5} {run.project.name:<16} ticket #{run.ticket_id:<5} {run.stage:<8} {run.status:<10} "
+            f"{run.created_at:%Y-%m-%d %H:%M:%S}  {run.run_dir or '(no run dir)'}"
+        )
+
+
+@runs_cli.command("show")
+@click.argument("run_id", type=int)
+def runs_show(run_id: int) -> None:
+    """Show a run: status, hosts, error, run dir, the replay command and the end of its log."""
+    run = db.session.get(Run, run_id)
+    if run is None:
+        raise click.ClickException(f"run {run_id} not found")
+    click.echo(
+        f"run #{run.id}: {run.stage} of ticket #{run.ticket_id} ({run.project.name}) — {run.status}, rc {run.rc}"
+    )
+    click.echo(f"started {run.started_at} finished {run.finished_at} version {run.version or '-'}")
+    for h in run.hosts:
+        click.echo(f"  {h.host:<20} {h.status:<12} {h.message[:200]}")
+    if run.error:
+        click.echo(f"error: {run.error}")
+    if run.run_dir:
+        click.echo(f"run dir: {run.run_dir}")
+        click.echo(f"replay by hand: {' '.join(replay_command(run))}")
+    click.echo("\n".join(run.log.splitlines()[-40:]))
+
+
+@runs_cli.command("replay")
+@click.argument("run_id", type=int)
+@click.option("--limit", default=None, help="only these hosts (comma-separated)")
+def runs_replay(run_id: int, limit: str | None) -> None:
+    """Replay a run from its run directory and record the result as a new run."""
+    try:
+        new = replay(run_id, limit)
+    except LookupError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"replayed run #{run_id} as run #{new.id}: {new.status}")
+    for h in new.hosts:
+        click.echo(f"  {h.host:<20} {h.status:<12} {h.message[:200]}")
+    if new.status != "successful":
+        raise SystemExit(1)
