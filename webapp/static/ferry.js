@@ -71,4 +71,9 @@
     source.close();
     finish(JSON.parse(e.data).status);
   });
+  source.addEventListener("error", function () {
+    // EventSource retries network errors by itself; it gives up for good only on an answer that is not a
+    // stream (e.g. an error page): follow the run by polling then.
+    if (source.readyState === EventSource.CLOSED) { poll(log.dataset.events.replace(/\/events$/, "/log")); }
+  });
 }());
