@@ -6,8 +6,10 @@ import re
 from typing import TYPE_CHECKING
 
 import pytest
+from redis import Redis
 
 from tests.support.site import tree_of
+from tests.test_runs import feed, finish, running_run
 
 try:
     from playwright.sync_api import expect
@@ -227,3 +229,39 @@ def test_pages_fit_laptop_and_phone(people: People, device: str) -> None:
 
     for person in (dev, lead, admin):
         assert_clean(person)
+
+
+@pytest.mark.parametrize("mode", ["polling", "streaming", "stream refused"])
+def test_live_log_shows_every_line_once_streaming_or_polling(people: People, world, mode: str) -> None:
+    """The ticket page follows a live run over SSE (reconnecting after each stream's lifetime) or, with no stream
+    slot free (or the stream answered with an error page), by polling /runs/<id>/log; either way every line
+    shows once, and the page reloads at the end."""
+    max_streams = 4 if mode == "streaming" else 0
+    world.app.config.update(FERRY_MAX_STREAMS=max_streams, FERRY_STREAM_SECONDS=1)
+    run = running_run()
+    redis = Redis.from_url(world.app.config["REDIS_URL"])
+    lines = [f"line {i}" for i in range(8)]
+    feed(redis, run.id, lines[:2])
+    dev = people("dev")
+    if mode == "stream refused":  # e.g. a proxy in front answering 503: EventSource gives up for good
+        dev.page.route("**/events", lambda route: route.fulfill(status=503, body="busy"))
+    dev.goto(f"/tickets/{run.ticket_id}")
+    log = dev.page.locator("#run-log")
+    expect(log).to_contain_text("line 1")
+    if mode == "stream refused":  # Chromium reports the refused stream in the console: expected here
+        dev.console_errors[:] = [e for e in dev.console_errors if f"/runs/{run.id}/events" not in e]
+    feed(redis, run.id, lines[2:], every=0.4)  # 2.4 s: longer than a stream lives
+    expect(log).to_contain_text("line 7")
+    assert log.inner_text().split("\n")[: len(lines)] == lines
+    expect(dev.page.locator('#progress-table tr[data-host="web1"]')).to_contain_text("line 7")
+    dev.step(f"live-log-{mode}")
+    finish(run, lines)
+    expect(dev.page.locator("#run-log[data-events]")).to_have_count(0, timeout=10_000)  # reloaded: the stored log
+    expect(log).to_have_text("\n".join(lines))
+    streams = [url for kind, url in dev.requests if kind == "eventsource"]
+    polls = [url for kind, url in dev.requests if kind == "fetch" and f"/runs/{run.id}/log" in url]
+    if max_streams:
+        assert len(streams) >= 2 and not polls, (streams, polls)  # reconnected after a lifetime, never polled
+    else:
+        assert len(streams) == 1 and len(polls) >= 2, (streams, polls)
+    assert_clean(dev)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -12,10 +14,15 @@ from sqlalchemy import select
 
 from jobs.cli import runs_cli
 from jobs.reconcile import reconcile
+from tests.conftest import PASSWORD
 from tests.support.flow import Flow
+from tests.support.servers import gunicorn, session_cookie
+from tests.support.watchers import follow
 from tests.support.workers import ansible_processes, kill_worker, start_worker, stop_worker, wait_for
+from tests.test_permissions import make_ticket
 from webapp.extensions import db
-from webapp.models import Run, Ticket
+from webapp.live import log_stream_key, progress_key
+from webapp.models import Run, Ticket, utcnow
 
 pytestmark = pytest.mark.integration
 
@@ -266,3 +273,130 @@ def test_staging_updates_serialise_per_project_and_run_in_parallel_across_projec
     x, y = run_of(other, "staging"), run_of(mine, "staging")
     assert x.status == y.status == "successful"
     assert x.started_at < y.finished_at and y.started_at < x.finished_at  # they overlapped
+
+
+# --- many watchers: stream cap, polling fallback, bounded stream lifetime --------------------------------------
+
+
+def running_run(author: str = "dev") -> Run:
+    """Insert a release run in `running` for a new ticket; the test feeds its Redis log stream itself."""
+    ticket = make_ticket("release", author=author)
+    run = Run(
+        ticket_id=ticket.id,
+        project_id=ticket.project_id,
+        stage="release",
+        status="running",
+        started_by_id=ticket.author_id,
+        started_at=utcnow(),
+        heartbeat_at=utcnow(),
+    )
+    db.session.add(run)
+    db.session.commit()
+    return run
+
+
+def feed(redis: Redis, run_id: int, lines: list[str], every: float = 0.0) -> None:
+    """Append log lines and host progress to a run's live stream, as the worker's event handler does."""
+    for line in lines:
+        redis.xadd(log_stream_key(run_id), {"line": line, "host": "web1", "task": line, "at": ""})
+        redis.hset(progress_key(run_id), "web1", json.dumps({"status": "running", "task": line, "message": ""}))
+        time.sleep(every)
+
+
+def finish(run: Run, lines: list[str]) -> None:
+    """Mark a run successful with its log stored, as the worker does at the end."""
+    run.status, run.log, run.finished_at = "successful", "\n".join(lines), utcnow()
+    db.session.commit()
+
+
+def test_stream_cap_answers_poll_and_the_log_endpoint_serves_the_same_lines(app, world):
+    """Beyond FERRY_MAX_STREAMS the events URL answers at once with `poll`; /runs/<id>/log pages the log by offset."""
+    run = running_run()
+    lines = [f"line {i}" for i in range(7)]
+    feed(Redis.from_url(app.config["REDIS_URL"]), run.id, lines)
+    dev = app.test_client()
+    dev.post("/login", data={"username": "dev", "password": PASSWORD})
+    app.config["FERRY_MAX_STREAMS"] = 0  # read when the first stream asks for a slot
+    started = time.monotonic()
+    r = dev.get(f"/runs/{run.id}/events")
+    assert time.monotonic() - started < 1 and r.mimetype == "text/event-stream"
+    assert r.get_data(as_text=True) == f'event: poll\ndata: {{"url": "/runs/{run.id}/log"}}\n\n'
+
+    body = dev.get(f"/runs/{run.id}/log").get_json()
+    assert [e["line"] for e in body["lines"]] == lines and body["next_offset"] == 7
+    assert body["active"] is True and body["status"] == "running" and body["progress"]["web1"]["task"] == "line 6"
+    tail = dev.get(f"/runs/{run.id}/log?offset=5").get_json()
+    assert [e["line"] for e in tail["lines"]] == lines[5:] and tail["offset"] == 5
+    for bad in ("-1", "x", "²", "1" * 30):
+        r = dev.get(f"/runs/{run.id}/log", query_string={"offset": bad})
+        assert r.status_code == 400 and "offset" in r.get_json()["error"], bad
+    finish(run, lines)
+    Redis.from_url(app.config["REDIS_URL"]).delete(log_stream_key(run.id))
+    done = dev.get(f"/runs/{run.id}/log?offset=6").get_json()
+    assert (
+        done["active"] is False and done["status"] == "successful" and [e["line"] for e in done["lines"]] == ["line 6"]
+    )
+
+    # Same permission checks as the stream: another project's member gets 404, nobody logged in goes to login.
+    other = app.test_client()
+    other.post("/login", data={"username": "other", "password": PASSWORD})
+    assert other.get(f"/runs/{run.id}/log").status_code == 404
+    assert other.get(f"/runs/{run.id}/events").status_code == 404
+    assert app.test_client().get(f"/runs/{run.id}/log").status_code == 302
+
+
+def test_a_stream_slot_is_freed_when_the_stream_ends(app, world):
+    """With one slot: a stream ending at its lifetime gives the slot back; the next watcher streams again."""
+    run = running_run()
+    feed(Redis.from_url(app.config["REDIS_URL"]), run.id, ["one"])
+    app.config.update(FERRY_MAX_STREAMS=1, FERRY_STREAM_SECONDS=1)
+    dev = app.test_client()
+    dev.post("/login", data={"username": "dev", "password": PASSWORD})
+    first = dev.get(f"/runs/{run.id}/events", buffered=False)
+    assert "event: poll" in dev.get(f"/runs/{run.id}/events").get_data(as_text=True)  # the one slot is taken
+    text = first.get_data(as_text=True)
+    first.close()
+    assert '"line": "one"' in text and text.endswith("event: reconnect\ndata: {}\n\n")
+    again = dev.get(f"/runs/{run.id}/events", headers={"Last-Event-ID": text.split("id: ")[1].split("\n")[0]})
+    resumed = again.get_data(as_text=True)
+    assert "event: poll" not in resumed and "event: line" not in resumed  # streamed, from after the last id
+
+
+def test_forty_watchers_never_starve_pages_or_the_api(app, world, tmp_path):
+    """Gunicorn as the Procfile runs it (2 workers x 8 threads), 40 watchers on a live run: the ticket list
+    and an API call answer in < 2 s throughout, and every watcher gets every log line (SSE or polling)."""
+    watchers = 40
+    run = running_run()
+    lines = [f"line {i}" for i in range(60)]
+    redis = Redis.from_url(app.config["REDIS_URL"])
+    with gunicorn(app, tmp_path / "gunicorn.log", FERRY_STREAM_SECONDS="3") as base:
+        cookie = session_cookie(base, "dev", PASSWORD)
+        api = urllib.request.Request(f"{base}/api/tickets", headers=world.headers("dev"))
+        page = urllib.request.Request(f"{base}/tickets", headers={"Cookie": cookie})
+        with ThreadPoolExecutor(watchers + 1) as pool:
+            watches = [pool.submit(follow, base, run.id, cookie, 90) for _ in range(watchers)]
+            time.sleep(1)  # every watcher has connected (or is polling)
+            feeding = pool.submit(feed, redis, run.id, lines, 0.2)  # ~12 s of log
+            timings = {"page": [], "api": []}
+            while not feeding.done():
+                for kind, request in (("page", page), ("api", api)):
+                    started = time.monotonic()
+                    try:
+                        with urllib.request.urlopen(request, timeout=10) as r:
+                            assert r.status == 200
+                            r.read()
+                        timings[kind].append(time.monotonic() - started)
+                    except OSError:  # timed out or refused: starved
+                        timings[kind].append(float("inf"))
+                time.sleep(0.2)
+            feeding.result()
+            finish(run, lines)
+            seen = [w.result(timeout=60) for w in watches]
+    assert len(timings["page"]) >= 10, timings
+    for kind, values in timings.items():
+        assert max(values) < 2, (kind, sorted(values)[-5:])
+    for watch in seen:
+        assert watch.lines == lines and watch.status == "successful", (len(watch.lines), watch)
+    # The cap held (at most 4 streams per process) and both ways of following were used.
+    assert sum(1 for w in seen if w.polls) >= watchers - 8, [w.polls for w in seen]
+    assert sum(w.sse_lines for w in seen) > 0 and max(w.connections for w in seen) > 1  # lifetimes ended, reconnected

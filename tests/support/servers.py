@@ -75,12 +75,15 @@ def gunicorn(app, log: Path, workers: int = 2, threads: int = 8, **env: str) -> 
             proc.wait()
 
 
-def logged_in_opener(base: str, username: str, password: str) -> urllib.request.OpenerDirector:
-    """Return a urllib opener holding a session cookie, logged in through the real form (with its CSRF token)."""
-    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+def session_cookie(base: str, username: str, password: str) -> str:
+    """Log in through the real form (with its CSRF token) and return the `Cookie` header a browser would send."""
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
     page = opener.open(f"{base}/login", timeout=30).read().decode()
     found = CSRF_INPUT.search(page)
     fields = {"username": username, "password": password, **({"csrf_token": found.group(1)} if found else {})}
-    body = urllib.parse.urlencode(fields).encode()
-    opener.open(f"{base}/login", data=body, timeout=30).read()
-    return opener
+    opener.open(f"{base}/login", data=urllib.parse.urlencode(fields).encode(), timeout=30).read()
+    cookie = "; ".join(f"{c.name}={c.value}" for c in jar if c.name == "session")
+    if not cookie:
+        raise RuntimeError(f"login as {username} failed")
+    return cookie
