@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 
 RELEASE, ROLLBACK = "release", "rollback"
-ACTIONS = ("return", "resubmit", "test-passed", "approve", "reject", "release", "retry", "cancel")
+ACTIONS = ("return", "resubmit", "test-passed", "approve", "reject", "release", "retry", "continue", "abort", "cancel")
 STATES = (
     "pending_staging",
     "staging_updating",
@@ -36,12 +36,22 @@ STATES = (
     "rejected",
     "approved",
     "releasing",
+    "release_paused",
     "release_failed",
     "released",
     "cancelled",
 )
 # A rollback ticket starts waiting for approval, so it never sees the staging states.
-ROLLBACK_STATES = ("pending_approval", "rejected", "approved", "releasing", "release_failed", "released", "cancelled")
+ROLLBACK_STATES = (
+    "pending_approval",
+    "rejected",
+    "approved",
+    "releasing",
+    "release_paused",
+    "release_failed",
+    "released",
+    "cancelled",
+)
 CANCELLABLE = ("pending_approval", "rejected", "approved", "release_failed")
 
 # action -> kind -> {from state: to state}: the spec of the ticket life cycle.
@@ -56,6 +66,8 @@ MOVES: dict[str, dict[str, dict[str, str]]] = {
     "reject": {RELEASE: {"pending_approval": "rejected"}, ROLLBACK: {"pending_approval": "rejected"}},
     "release": {RELEASE: {"approved": "releasing"}, ROLLBACK: {"approved": "releasing"}},
     "retry": {RELEASE: {"release_failed": "releasing"}, ROLLBACK: {"release_failed": "releasing"}},
+    "continue": {RELEASE: {"release_paused": "releasing"}, ROLLBACK: {"release_paused": "releasing"}},
+    "abort": {RELEASE: {"release_paused": "releasing"}, ROLLBACK: {"release_paused": "releasing"}},
     "cancel": {
         RELEASE: dict.fromkeys(("pending_staging", "staging_failed", "testing", "returned", *CANCELLABLE), "cancelled"),
         ROLLBACK: dict.fromkeys(CANCELLABLE, "cancelled"),
@@ -170,13 +182,15 @@ def event_rows() -> dict[int, tuple]:
 def force(ticket: Ticket, state: str, lead_id: int) -> None:
     """Put `ticket` in `state` with the fields a ticket in that state has, as the workers would have left it."""
     staged = state not in ("pending_staging", "staging_updating", "staging_failed")
-    tested = state in ("pending_approval", "rejected", "approved", "releasing", "release_failed", "released")
+    tested = state in ("pending_approval", "rejected", "approved", "releasing", "release_paused", "release_failed", "released")
     ticket.state = state
     if ticket.kind == RELEASE:
         ticket.staging_commit = FAKE_COMMIT if staged else None
         ticket.staging_revision = 1 if staged else None
         ticket.tested_commit = FAKE_COMMIT if tested else None
-    ticket.approved_by_id = lead_id if state in ("approved", "releasing", "release_failed", "released") else None
+    ticket.approved_by_id = (
+        lead_id if state in ("approved", "releasing", "release_paused", "release_failed", "released") else None
+    )
     ticket.last_error = "hosts failed" if state in ("staging_failed", "release_failed") else ""
     ticket.contributor_ids = contributors()
     db.session.commit()

@@ -33,6 +33,8 @@ for kind in Kind:
     EXPECTED[(kind, wf.REJECT, State.PENDING_APPROVAL)] = State.REJECTED
     EXPECTED[(kind, wf.RELEASE, State.APPROVED)] = State.RELEASING
     EXPECTED[(kind, wf.RETRY, State.RELEASE_FAILED)] = State.RELEASING
+    EXPECTED[(kind, wf.CONTINUE, State.RELEASE_PAUSED)] = State.RELEASING
+    EXPECTED[(kind, wf.ABORT, State.RELEASE_PAUSED)] = State.RELEASING
     for s in (State.PENDING_APPROVAL, State.REJECTED, State.APPROVED, State.RELEASE_FAILED):
         EXPECTED[(kind, wf.CANCEL, s)] = State.CANCELLED
 

@@ -66,27 +66,65 @@ def user_enable(name: str) -> None:
     click.echo(f"user {name} enabled")
 
 
+def _setting_options(create: bool):
+    """Return a decorator adding every project setting as an option (`create`: with defaults and required ones)."""
+    d = (lambda value: value) if create else (lambda value: None)  # `set` changes only what it is given
+    options = [
+        click.option("--svn-url", required=create, default=None),
+        click.option("--staging-dir", required=create, default=None, help="the staging working copy (absolute)"),
+        click.option("--inventory", required=create, default=None, help="a static inventory file (its name)"),
+        click.option("--group", required=create, default=None, help="inventory group of the production hosts"),
+        click.option("--staging-url", default=d(""), help="where testers see staging"),
+        click.option("--approval/--no-approval", "requires_approval", default=d(True), help="a lead approves"),
+        click.option("--allow-self-approval/--no-self-approval", default=d(False), help="a lead may approve own"),
+        click.option("--mode", "deploy_mode", type=click.Choice(["atomic", "inplace"]), default=d("atomic")),
+        click.option("--keep", "keep_releases", type=int, default=d(DEFAULT_KEEP_RELEASES), help="releases kept"),
+        click.option("--forks", type=int, default=d(DEFAULT_FORKS), help="hosts synced in parallel"),
+        click.option("--timeout", "stage_timeout", type=int, default=None, help="stage time limit, s"),
+        click.option("--shared", "shared_paths", multiple=True, help="path kept across releases (repeatable)"),
+        click.option("--hook", "hook_tasks", default=d(""), help="task file in playbooks/hooks/ run after the switch"),
+        click.option("--batches", default=d(""), help="gray release batches, e.g. 1,50%,100% (empty: all at once)"),
+        click.option("--batch-pause", type=click.Choice(["auto", "manual"]), default=d("auto")),
+        click.option("--health-url", default=d(""), help="URL template checked after each batch ({host}, {address})"),
+        click.option("--health-expect", default=d("2xx"), help="status codes: 2xx, 200,301, 200-399"),
+        click.option("--health-body", default=d(""), help="text the answer must contain"),
+        click.option("--health-retries", type=int, default=d(3)),
+        click.option("--health-interval", type=int, default=d(2), help="seconds between tries"),
+        click.option("--health-playbook", default=d(""), help="task file in playbooks/checks/ instead of the URL"),
+    ]
+
+    def decorate(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
 @project_cli.command("create")
 @click.argument("name")
-@click.option("--svn-url", required=True)
-@click.option("--staging-dir", required=True, help="the staging working copy; checked out on first update")
-@click.option("--inventory", required=True, help="a static inventory file in the inventory directory (its name)")
-@click.option("--group", required=True, help="inventory group of the production hosts")
-@click.option("--staging-url", default="", help="where testers see staging")
-@click.option("--no-approval", is_flag=True, help="test passed goes straight to approved")
-@click.option("--allow-self-approval", is_flag=True, help="a lead may approve their own ticket")
-@click.option("--mode", "deploy_mode", type=click.Choice(["atomic", "inplace"]), default="atomic")
-@click.option("--keep", "keep_releases", type=int, default=DEFAULT_KEEP_RELEASES, help="releases kept per host")
-@click.option("--forks", type=int, default=DEFAULT_FORKS, help="hosts synced in parallel")
-@click.option("--timeout", "stage_timeout", type=int, default=None, help="stage time limit, s")
-@click.option("--shared", "shared_paths", multiple=True, help="path kept across releases (repeatable)")
-@click.option("--hook", "hook_tasks", default="", help="task file in playbooks/hooks/ run on each host after switch")
-def project_create(name: str, no_approval: bool, **settings: object) -> None:
+@_setting_options(create=True)
+def project_create(name: str, **settings: object) -> None:
     """Create a project."""
-    settings["requires_approval"] = not no_approval
     settings["shared_paths"] = list(settings["shared_paths"])  # type: ignore[arg-type]
     _run(svc.create_project, name, **settings)
     click.echo(f"project {name} created")
+
+
+@project_cli.command("set")
+@click.argument("name")
+@_setting_options(create=False)
+@click.option("--no-shared", is_flag=True, help="remove every shared path")
+def project_set(name: str, no_shared: bool, **settings: object) -> None:
+    """Change any of a project's settings (only the options given)."""
+    changes = {k: v for k, v in settings.items() if v is not None and v != ()}
+    if settings.get("shared_paths") or no_shared:
+        changes["shared_paths"] = list(settings.get("shared_paths") or [])
+    if not changes:
+        raise click.UsageError("give at least one setting to change (see --help)")
+    project = _run(svc.get_project, name)
+    _run(svc.update_project, project, **changes)
+    click.echo(f"project {name}: " + ", ".join(f"{k}={v}" for k, v in changes.items()))
 
 
 @project_cli.command("member")

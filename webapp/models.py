@@ -120,6 +120,15 @@ class Project(db.Model):
     forks: Mapped[int] = mapped_column(default=DEFAULT_FORKS)
     stage_timeout: Mapped[int] = mapped_column(default=DEFAULT_STAGE_TIMEOUT)
     live_version: Mapped[int | None]
+    # Gray releases: batches ("" = all hosts at once, "1,50%,100%"), the health gate, pauses between batches.
+    batches: Mapped[str] = mapped_column(String(128), default="")
+    batch_pause: Mapped[str] = mapped_column(String(16), default="auto")  # auto | manual
+    health_url: Mapped[str] = mapped_column(String(1024), default="")  # {host}, {address}; host var ferry_health_url
+    health_expect: Mapped[str] = mapped_column(String(64), default="2xx")
+    health_body: Mapped[str] = mapped_column(String(255), default="")
+    health_retries: Mapped[int] = mapped_column(default=3)
+    health_interval: Mapped[int] = mapped_column(default=2)
+    health_playbook: Mapped[str] = mapped_column(String(1024), default="")  # checks/<name>.yml instead of the URL
     staging_commit: Mapped[str | None] = mapped_column(String(40))  # the snapshot staging serves now
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

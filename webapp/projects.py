@@ -9,7 +9,7 @@ from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import validation
+from . import batches, validation
 from .errors import BadInput, Conflict, NotFound
 from .models import Membership, Project, User
 from .workflow import Role
@@ -18,7 +18,15 @@ DEPLOY_MODES = ("atomic", "inplace")
 HOOK_DIR = "hooks"  # hook task files live in playbooks/hooks/
 MAX_PASSWORD = 1024
 # Numeric project settings: (lowest, highest) allowed value.
-NUMBER_SETTINGS = {"keep_releases": (2, 1000), "forks": (1, 1000), "stage_timeout": (10, 7 * 24 * 3600)}
+NUMBER_SETTINGS = {
+    "keep_releases": (2, 1000),
+    "forks": (1, 1000),
+    "stage_timeout": (10, 7 * 24 * 3600),
+    "health_retries": (1, 100),
+    "health_interval": (0, 600),
+}
+CHECK_DIR = "checks"  # health check task files live in playbooks/checks/
+BATCH_PAUSES = ("auto", "manual")
 _GROUP = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 
@@ -114,29 +122,30 @@ def inventory_choices() -> list[str]:
 
 def hook_choices() -> list[str]:
     """Return the hook task files an admin may choose: the YAML files in playbooks/hooks/, as `hooks/<name>`."""
-    hooks = Path(current_app.config["FERRY_PLAYBOOK_DIR"]) / HOOK_DIR
-    if not hooks.is_dir():
-        return []
-    files = [p for p in hooks.iterdir() if p.suffix in (".yml", ".yaml") and p.is_file() and not p.is_symlink()]
-    return sorted(f"{HOOK_DIR}/{p.name}" for p in files)
+    return _choices(HOOK_DIR)
 
 
 def hook_file(value: str) -> str:
     """Return the stored form (`hooks/<name>`) of an allowed hook task file, or raise BadInput."""
-    wanted = f"{HOOK_DIR}/{value.removeprefix(HOOK_DIR + '/')}"
-    choices = hook_choices()
-    if wanted not in choices:
-        raise BadInput(
-            f"hook_tasks: {value!r} is not a task file in playbooks/{HOOK_DIR}/ (choose one of: "
-            f"{', '.join(choices) or 'none there'})",
-            "hook_tasks",
-        )
-    return wanted
+    return _playbook_file(value, HOOK_DIR, "hook_tasks")
 
 
 def _check_settings(values: dict) -> dict:
     """Validate project settings shared by create and update."""
-    for field in ("svn_url", "staging_dir", "staging_url", "inventory", "group", "hook_tasks"):
+    for field in (
+        "svn_url",
+        "staging_dir",
+        "staging_url",
+        "inventory",
+        "group",
+        "hook_tasks",
+        "batches",
+        "batch_pause",
+        "health_url",
+        "health_expect",
+        "health_body",
+        "health_playbook",
+    ):
         if field in values:
             if not isinstance(values[field], str):
                 raise BadInput(f"{field}: must be a string", field)
@@ -163,7 +172,55 @@ def _check_settings(values: dict) -> dict:
             values[field] = validation.integer(values[field], field, low, high)
     if "shared_paths" in values:
         values["shared_paths"] = validation.shared_paths(values["shared_paths"])
+    _check_gray(values)
     return values
+
+
+def _check_gray(values: dict) -> None:
+    """Validate the gray-release settings: batch spec, pause mode, health URL, status spec, check playbook."""
+    if "batches" in values:
+        try:
+            values["batches"] = batches.normalise(values["batches"])
+        except batches.BatchSpecError as e:
+            raise BadInput(f"batches: {e} (e.g. 1,50%,100%)", "batches") from e
+    if "batch_pause" in values and values["batch_pause"] not in BATCH_PAUSES:
+        raise BadInput("batch_pause: auto or manual", "batch_pause")
+    url = values.get("health_url")
+    if url and not re.match(r"^https?://[^\s/]+", url):
+        raise BadInput("health_url: an http:// or https:// URL ({host} and {address} are filled in)", "health_url")
+    if "health_expect" in values:
+        values["health_expect"] = values["health_expect"] or "2xx"
+        if not re.fullmatch(r"([1-5]xx|\d{3}(-\d{3})?)(,([1-5]xx|\d{3}(-\d{3})?))*", values["health_expect"]):
+            raise BadInput("health_expect: status codes like 2xx, 200,301 or 200-399", "health_expect")
+    if values.get("health_playbook"):
+        values["health_playbook"] = _playbook_file(values["health_playbook"], CHECK_DIR, "health_playbook")
+
+
+def check_choices() -> list[str]:
+    """Return the health check task files ops put in playbooks/checks/ (`checks/<name>`)."""
+    return _choices(CHECK_DIR)
+
+
+def _choices(folder: str) -> list[str]:
+    """Return the YAML task files of one playbooks/ folder, as `<folder>/<name>`."""
+    base = Path(current_app.config["FERRY_PLAYBOOK_DIR"]) / folder
+    if not base.is_dir():
+        return []
+    files = [p for p in base.iterdir() if p.suffix in (".yml", ".yaml") and p.is_file() and not p.is_symlink()]
+    return sorted(f"{folder}/{p.name}" for p in files)
+
+
+def _playbook_file(value: str, folder: str, field: str) -> str:
+    """Return the stored form (`<folder>/<name>`) of an allowed task file, or raise BadInput naming the field."""
+    wanted = f"{folder}/{value.removeprefix(folder + '/')}"
+    choices = _choices(folder)
+    if wanted not in choices:
+        raise BadInput(
+            f"{field}: {value!r} is not a task file in playbooks/{folder}/ (choose one of: "
+            f"{', '.join(choices) or 'none there'})",
+            field,
+        )
+    return wanted
 
 
 def create_project(session: Session, name: str, **settings: object) -> Project:

@@ -22,6 +22,7 @@ class State(StrEnum):
     REJECTED = "rejected"  # a lead said no, with a reason
     APPROVED = "approved"  # the developer holds the right to release
     RELEASING = "releasing"  # worker tags, syncs, switches hosts
+    RELEASE_PAUSED = "release_paused"  # gray release: a healthy batch serves N, the next waits for `continue`
     RELEASE_FAILED = "release_failed"  # per-host results shown; retryable
     RELEASED = "released"  # version N is live on every host
     CANCELLED = "cancelled"  # withdrawn
@@ -44,6 +45,7 @@ class Role(StrEnum):
 # Named groups of states.
 TERMINAL = frozenset({State.RELEASED, State.CANCELLED})
 RUNNING = frozenset({State.STAGING_UPDATING, State.RELEASING})  # a worker owns the ticket
+MIXED = frozenset({State.RELEASE_PAUSED})  # some hosts serve the new version, the others the live one
 QUEUED = frozenset({State.PENDING_STAGING})
 EDITABLE = frozenset({State.STAGING_FAILED, State.RETURNED, State.REJECTED})  # paths/reason may change
 
@@ -56,10 +58,12 @@ REJECT = "reject"
 RELEASE = "release"
 RETRY = "retry"
 CANCEL = "cancel"
-USER_ACTIONS = (RETURN, RESUBMIT, TEST_PASSED, APPROVE, REJECT, RELEASE, RETRY, CANCEL)
+CONTINUE = "continue"  # gray release: switch the next batch
+ABORT = "abort"  # gray release: switch every host back to the live version
+USER_ACTIONS = (RETURN, RESUBMIT, TEST_PASSED, APPROVE, REJECT, RELEASE, RETRY, CONTINUE, ABORT, CANCEL)
 
 # Who may fire an action: the ticket's own side (author or any lead) or the approving side (a lead).
-OWNER_ACTIONS = frozenset({RETURN, RESUBMIT, TEST_PASSED, RELEASE, RETRY, CANCEL})
+OWNER_ACTIONS = frozenset({RETURN, RESUBMIT, TEST_PASSED, RELEASE, RETRY, CONTINUE, ABORT, CANCEL})
 LEAD_ACTIONS = frozenset({APPROVE, REJECT})
 
 # (kind, action, from_state) -> to_state. `None` kind means both kinds.
@@ -74,6 +78,8 @@ _USER_TABLE: dict[tuple[Kind | None, str, State], State] = {
     (None, REJECT, State.PENDING_APPROVAL): State.REJECTED,
     (None, RELEASE, State.APPROVED): State.RELEASING,  # enqueues the release job
     (None, RETRY, State.RELEASE_FAILED): State.RELEASING,  # failed hosts again, no new approval
+    (None, CONTINUE, State.RELEASE_PAUSED): State.RELEASING,  # enqueues the next batch's run
+    (None, ABORT, State.RELEASE_PAUSED): State.RELEASING,  # enqueues a run that switches every host back
     (Kind.RELEASE, CANCEL, State.PENDING_STAGING): State.CANCELLED,
     (Kind.RELEASE, CANCEL, State.STAGING_FAILED): State.CANCELLED,
     (Kind.RELEASE, CANCEL, State.TESTING): State.CANCELLED,
@@ -91,6 +97,7 @@ STAGING_FAILED = "staging_failed"
 RELEASE_SUCCEEDED = "release_succeeded"
 RELEASE_FAILED = "release_failed"
 RELEASE_REFUSED = "release_refused"  # production moved past the tested commit: back to testing
+RELEASE_PAUSE = "release_pause"  # a healthy batch is live; the project pauses between batches (manual)
 APPROVAL_VOIDED = "approval_voided"  # a rollback abandoned a release this approval carries
 
 _SYSTEM_TABLE: dict[tuple[str, State], State] = {
@@ -101,6 +108,7 @@ _SYSTEM_TABLE: dict[tuple[str, State], State] = {
     (RELEASE_SUCCEEDED, State.RELEASING): State.RELEASED,  # jobs.release
     (RELEASE_FAILED, State.RELEASING): State.RELEASE_FAILED,  # jobs.release, reconciler
     (RELEASE_REFUSED, State.RELEASING): State.TESTING,  # jobs.release integrity check
+    (RELEASE_PAUSE, State.RELEASING): State.RELEASE_PAUSED,  # jobs.release: manual batches
     (APPROVAL_VOIDED, State.PENDING_APPROVAL): State.TESTING,  # services.rollback
     (APPROVAL_VOIDED, State.APPROVED): State.TESTING,
 }

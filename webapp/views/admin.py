@@ -50,12 +50,20 @@ def project_settings(form) -> dict:
         "stage_timeout": _int(form, "stage_timeout", current_app.config["FERRY_STAGE_TIMEOUT"]),
         "shared_paths": form.get("shared_paths", ""),
         "hook_tasks": form.get("hook_tasks", "").strip(),
+        "batches": form.get("batches", "").strip(),
+        "batch_pause": form.get("batch_pause", "auto"),
+        "health_url": form.get("health_url", "").strip(),
+        "health_expect": form.get("health_expect", "").strip() or "2xx",
+        "health_body": form.get("health_body", "").strip(),
+        "health_retries": _int(form, "health_retries", 3),
+        "health_interval": _int(form, "health_interval", 2),
+        "health_playbook": form.get("health_playbook", "").strip(),
     }
 
 
 def form_choices() -> dict:
     """Return what the project form's selects offer: inventories and hook task files found on disk."""
-    return {"inventories": svc.inventory_choices(), "hooks": svc.hook_choices()}
+    return {"inventories": svc.inventory_choices(), "hooks": svc.hook_choices(), "checks": svc.check_choices()}
 
 
 @bp.route("/users", methods=["GET", "POST"])
