@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from webapp import releases, tickets, workflow
+from webapp import fleet, releases, tickets, workflow
 from webapp.errors import Conflict
 from webapp.extensions import db
 from webapp.models import Project, Release, Ticket, utcnow
 from webapp.projects import hook_file, inventory_path
 from webapp.workflow import Kind, State
 
-from . import runner, snapshots
+from . import runner, snapshots, verify
 from .inventory import group_hosts
 from .lifecycle import RunContext, ansible_envvars, execute, project_dir, run_dir_for
 
@@ -123,8 +123,14 @@ def _release(ctx: RunContext) -> str:
         on_event=ctx.on_event,
         should_cancel=ctx.should_cancel,
     )
+    drift = result.outputs.get("drift") or {}
+    # A retry re-stages the hosts that did not stage N here (after a drift failure: every host).
+    run.outputs = {**(run.outputs or {}), "staged": verify.staged_hosts(result), "drift": drift}
+    verify.record_release(project, result, version, hosts)  # the fleet table (HostState)
     if result.status != "successful":
-        error = (result.error or f"release {result.status}") + _switch_back_note(result, project, version, hosts)
+        error = fleet.drift_error(drift) or (
+            (result.error or f"release {result.status}") + _switch_back_note(result, project, version, hosts)
+        )
         _fail(ctx, result, result.status, error, hosts)
         return result.status
     ctx.finish(result, "successful", hosts_filter=set(hosts))

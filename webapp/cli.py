@@ -194,6 +194,34 @@ def runs_replay(run_id: int, limit: str | None) -> None:
         raise SystemExit(1)
 
 
+@click.command("verify")
+@click.argument("name")
+@click.option("--checksum", is_flag=True, help="compare every file's content (slower; sees edits that kept size+mtime)")
+def verify_cmd(name: str, checksum: bool) -> None:
+    """Check every host against the version it should serve; exit 0 only when every host is in sync.
+
+    Exit 1 when a host drifted or is new, 2 when a host could not be checked (unreachable).
+    """
+    from jobs.verify import VerifyError, all_in_sync, verify_project
+
+    project = _run(svc.get_project, name)
+    try:
+        states = verify_project(
+            project, on_wait=lambda holder: click.echo(f"waiting for the release lock ({holder})"), checksum=checksum
+        )
+    except VerifyError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"{project.name}: live version {project.live_version or 'none'}")
+    for s in states:
+        drift = s.drift or {}
+        files = "; ".join(f"{k} {', '.join(drift[k])}" for k in ("modified", "deleted", "added") if drift.get(k))
+        version = "-" if s.version is None else s.version
+        click.echo(f"  {s.host:<20} {version!s:<8} {s.state:<12} {files or s.message}")
+    if all_in_sync(states):
+        return
+    raise SystemExit(2 if any(s.state == "unreachable" for s in states) else 1)
+
+
 def init_app(app: Flask) -> None:
     """Register the CLI groups."""
     app.cli.add_command(user_cli)
@@ -202,3 +230,4 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(reconcile_cmd)
     app.cli.add_command(demo)
     app.cli.add_command(runs_cli)
+    app.cli.add_command(verify_cmd)

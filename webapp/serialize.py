@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from .models import Project, Release, Run, Ticket, User
-from .tickets import allowed_actions
+from .extensions import db
+from .fleet import fleet, is_pending
+from .models import HostState, Project, Release, Run, Ticket, User
+from .tickets import allowed_actions, last_drift
 
 CHANGE_STATES = ("testing", "pending_approval", "approved", "release_failed")
 
@@ -86,6 +88,8 @@ def ticket_json(ticket: Ticket, user: User, brief: bool = False) -> dict:
 
         data["changes"] = preview(db.session, ticket)
     data["last_run"] = run_json(last_run(ticket))
+    # {host: {added, modified, deleted, version}} when the last release failed on drift (retry can overwrite it).
+    data["drift"] = last_drift(ticket) if ticket.state == "release_failed" else {}
     data["history"] = [
         {
             "action": e.action,
@@ -146,3 +150,28 @@ def replay_command(run: Run) -> list[str]:
     """Return the command ops type to replay a run by hand (`ansible-runner run <dir> -p <playbook>`)."""
     playbook = "staging_update.yml" if run.stage == "staging" else "release.yml"
     return ["ansible-runner", "run", run.run_dir, "-p", playbook]
+
+
+def host_state_json(row: HostState) -> dict:
+    """Return one host's row of the fleet table."""
+    drift = row.drift or {}
+    return {
+        "host": row.host,
+        "version": row.version,
+        "state": row.state,
+        "drift": {k: list(drift.get(k) or []) for k in ("added", "modified", "deleted")},
+        "message": row.message,
+        "checked_at": _iso(row.checked_at),
+    }
+
+
+def fleet_json(project: Project) -> dict:
+    """Return the fleet table of a project: each host as the last verify or release found it."""
+    rows = fleet(db.session, project)
+    return {
+        "project": project.name,
+        "live_version": project.live_version,
+        "checked_at": _iso(max((r.checked_at for r in rows), default=None)),
+        "verify_pending": is_pending(project.id),
+        "hosts": [host_state_json(r) for r in rows],
+    }
