@@ -456,6 +456,9 @@ def one_round(ctx: dict, r: int, mode: str) -> None:
     run("rm", "-rf", *b_roots.values(), *f_roots.values(), work_tree)
 
 
+DRIFT_TASK = "task: Check for drift"
+
+
 def median_phases(phases: list[dict]) -> dict:
     """Return the median seconds of each phase over the samples."""
     keys = [k for k in phases[0]] if phases else []
@@ -498,6 +501,8 @@ def report(results: dict, args: argparse.Namespace) -> dict:
                     "ratio_min": round(ratio_min, 3),
                     "target": target,
                     "ferry_phases_median": median_phases(f.phases),
+                    # The drift check (release.yml's check play) on its own: from its task start to the next task.
+                    "drift_check_median": median_phases(f.phases).get(DRIFT_TASK),
                 }
             )
     print("\n".join(rows))
@@ -513,6 +518,11 @@ def report(results: dict, args: argparse.Namespace) -> dict:
     for item in out["cases"]:
         phases = ", ".join(f"{k} {v:.2f}" for k, v in item["ferry_phases_median"].items())
         print(f"  {item['case']:<9} {item['mode']:<8} {phases}")
+    print("\nDrift check per release (median seconds, part of Ferry's time above; a first release has none):")
+    for item in out["cases"]:
+        secs = item["drift_check_median"]
+        share = f"{secs:.2f} s = {100 * secs / item['ferry']['median']:.0f} % of the release" if secs else "not run"
+        print(f"  {item['case']:<9} {item['mode']:<8} {share}")
     return out
 
 

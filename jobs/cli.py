@@ -14,13 +14,16 @@ from rq import Worker
 from sqlalchemy import select
 
 from webapp.dispatch import queue
+from webapp.errors import DomainError
 from webapp.extensions import db
 from webapp.live import redis_connection
 from webapp.models import Project, Run
+from webapp.projects import get_project as find_project
 from webapp.serialize import replay_command
 
 from .reconcile import reconcile
 from .replay import replay
+from .verify import VerifyError, all_in_sync, verify_project
 
 
 @click.command("worker")
@@ -99,3 +102,38 @@ def runs_replay(run_id: int, limit: str | None) -> None:
         click.echo(f"  {h.host:<20} {h.status:<12} {h.message[:200]}")
     if new.status != "successful":
         raise SystemExit(1)
+
+
+def get_project(name: str) -> Project:
+    """Return a project by name, or stop with a clean CLI error."""
+    try:
+        return find_project(db.session, name)
+    except DomainError as e:
+        raise click.ClickException(e.message) from e
+
+
+@click.command("verify")
+@with_appcontext
+@click.argument("name")
+@click.option("--checksum", is_flag=True, help="compare every file's content (slower; sees edits that kept size+mtime)")
+def verify_cmd(name: str, checksum: bool) -> None:
+    """Check every host against the version it should serve; exit 0 only when every host is in sync.
+
+    Exit 1 when a host drifted or is new, 2 when a host could not be checked (unreachable).
+    """
+    project = get_project(name)
+    try:
+        states = verify_project(
+            project, on_wait=lambda holder: click.echo(f"waiting for the release lock ({holder})"), checksum=checksum
+        )
+    except VerifyError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"{project.name}: live version {project.live_version or 'none'}")
+    for s in states:
+        drift = s.drift or {}
+        files = "; ".join(f"{k} {', '.join(drift[k])}" for k in ("modified", "deleted", "added") if drift.get(k))
+        version = "-" if s.version is None else s.version
+        click.echo(f"  {s.host:<20} {version!s:<8} {s.state:<12} {files or s.message}")
+    if all_in_sync(states):
+        return
+    raise SystemExit(2 if any(s.state == "unreachable" for s in states) else 1)

@@ -6,13 +6,13 @@ record) is webapp/releases.py's. Rollback tickets use the same stage with an old
 
 from __future__ import annotations
 
-from webapp import releases, stages, tickets, workflow
+from webapp import fleet, releases, stages, tickets, workflow
 from webapp.errors import Conflict
 from webapp.extensions import db
 from webapp.projects import hook_file, inventory_path
 from webapp.workflow import Kind, State
 
-from . import runner
+from . import runner, verify
 from .inventory import group_hosts
 from .lifecycle import RunContext, execute, prepare_run_dir, project_dir
 
@@ -88,9 +88,13 @@ def _release(ctx: RunContext) -> str:
         on_event=ctx.on_event,
         should_cancel=ctx.should_cancel,
     )
+    drift = result.outputs.get("drift") or {}
+    # A retry re-stages the hosts that did not stage N here (after a drift failure: every host).
+    run.outputs = {**(run.outputs or {}), "staged": verify.staged_hosts(result), "drift": drift}
+    verify.record_release(project, result, version, hosts)  # the fleet table (HostState)
     if result.status != "successful":
         note = releases.switch_back_note(db.session, project, version, hosts, result.outputs.get("sync") or {})
-        error = (result.error or f"release {result.status}") + note
+        error = fleet.drift_error(drift) or (result.error or f"release {result.status}") + note
         _fail(ctx, result, result.status, error, hosts)
         return result.status
     ctx.finish(result, "successful", hosts_filter=set(hosts))

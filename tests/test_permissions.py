@@ -182,7 +182,15 @@ def event_rows() -> dict[int, tuple]:
 def force(ticket: Ticket, state: str, lead_id: int) -> None:
     """Put `ticket` in `state` with the fields a ticket in that state has, as the workers would have left it."""
     staged = state not in ("pending_staging", "staging_updating", "staging_failed")
-    tested = state in ("pending_approval", "rejected", "approved", "releasing", "release_paused", "release_failed", "released")
+    tested = state in (
+        "pending_approval",
+        "rejected",
+        "approved",
+        "releasing",
+        "release_paused",
+        "release_failed",
+        "released",
+    )
     ticket.state = state
     if ticket.kind == RELEASE:
         ticket.staging_commit = FAKE_COMMIT if staged else None

@@ -92,8 +92,10 @@ def test_failed_host_leaves_every_host_on_old_version_and_retry_switches_all(flo
     """A host whose staging fails keeps every host on v1; after fixing it, retry re-stages it only and switches all."""
     flow.ship({"index.html": "<h1>one</h1>\n"}, "one")
     broken = world.hosts.roots["web2"]
-    (broken / "releases").rename(broken / "releases.saved")
-    (broken / "releases").write_text("not a directory\n")  # root ignores chmod; a file in the way fails mkdir/rsync
+    # Root ignores chmod; a file in the way fails staging's mkdir (the drift check before it, which reads
+    # only current/, passes: this host is broken for staging, not changed by hand).
+    (broken / "shared").rmdir()
+    (broken / "shared").write_text("not a directory\n")
     world.svn.commit({"index.html": "<h1>two</h1>\n"}, "two")
     tid = flow.staged(reason="two")
     flow.approve(tid)
@@ -106,8 +108,8 @@ def test_failed_host_leaves_every_host_on_old_version_and_retry_switches_all(flo
             assert (root / "releases/2").is_dir()  # staged
             assert (root / "current").resolve().name == "1"  # but not switched
     assert "retry" in t["allowed_actions"]
-    (broken / "releases").unlink()
-    (broken / "releases.saved").rename(broken / "releases")
+    (broken / "shared").unlink()
+    (broken / "shared").mkdir()
     web1_mtime = os.stat(world.hosts.roots["web1"] / "releases/2").st_mtime_ns
     flow.act(tid, "retry")
     world.work()

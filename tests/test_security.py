@@ -28,7 +28,7 @@ from tests.conftest import PASSWORD, TEST_REDIS_URL
 from tests.support.flow import Flow
 from tests.support.servers import threaded_server
 from tests.test_permissions import MOVES, add_release, force, make_ticket, snapshot
-from webapp import config, create_app, models
+from webapp import config, create_app, fleet, models
 from webapp import projects as svc
 from webapp.extensions import db
 from webapp.models import ApiToken, HostResult, Membership, Project, Run, Ticket, TicketEvent, User
@@ -94,6 +94,7 @@ POST_FORMS = {
     "/tickets/new",
     "/tickets/<int:ticket_id>/<action>",
     "/projects/<name>/rollback",
+    "/projects/<name>/verify",
     "/admin/users",
     "/admin/projects",
     "/admin/projects/<name>",
@@ -166,6 +167,8 @@ def test_csrf_on_every_form(app, world):
     refused_then_accepted(
         dev, "/projects/site/rollback", "/projects/site", {"version": "1", "reason": "bad"}, lambda: count(Ticket)
     )
+    verifying = lambda: fleet.is_pending(world.project.id)  # noqa: E731
+    refused_then_accepted(lead, "/projects/site/verify", "/projects/site", {}, verifying)
     new_user = {"username": "newbie", "password": "long-enough-pw"}
     refused_then_accepted(admin, "/admin/users", "/admin/users", new_user, lambda: count(User))
     settings = {

@@ -228,6 +228,7 @@ class Run(db.Model):
     rq_job_id: Mapped[str] = mapped_column(String(64), default="")
     waiting_for: Mapped[str] = mapped_column(String(255), default="")
     only_hosts: Mapped[list] = mapped_column(JSON, default=list)  # retry: failed hosts only
+    overwrite_drift: Mapped[bool] = mapped_column(default=False)  # retry: no drift check, content compared
     version: Mapped[int | None]
     commit: Mapped[str | None] = mapped_column(String(40))
     rc: Mapped[int | None]
@@ -257,3 +258,17 @@ class HostResult(db.Model):
     changed_files: Mapped[int] = mapped_column(default=0)
 
     run: Mapped[Run] = relationship(back_populates="hosts")
+
+
+class HostState(db.Model):
+    """What one production host of a project serves, as the last verify or release found it."""
+
+    __table_args__ = (UniqueConstraint("project_id", "host"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id"), index=True)
+    host: Mapped[str] = mapped_column(String(255))
+    version: Mapped[int | None]  # the version the host serves (None: nothing, or not known)
+    state: Mapped[str] = mapped_column(String(16))  # in_sync | drifted | unreachable | new
+    drift: Mapped[dict] = mapped_column(JSON, default=dict)  # {added, modified, deleted}: lists of paths
+    message: Mapped[str] = mapped_column(Text, default="")
+    checked_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -7,10 +7,11 @@ from datetime import datetime
 from sqlalchemy import select
 
 from .extensions import db
-from .models import Project, Release, Run, Ticket, User
+from .fleet import fleet, is_pending
+from .models import HostState, Project, Release, Run, Ticket, User
 from .releases import preview
 from .stages import replay_argv, stage
-from .tickets import allowed_actions
+from .tickets import allowed_actions, last_drift
 
 CHANGE_STATES = ("testing", "pending_approval", "approved", "release_failed")
 
@@ -88,6 +89,8 @@ def ticket_json(ticket: Ticket, user: User, brief: bool = False) -> dict:
     if ticket.state in CHANGE_STATES:
         data["changes"] = preview(db.session, ticket)
     data["last_run"] = run_json(last_run(ticket))
+    # {host: {added, modified, deleted, version}} when the last release failed on drift (retry can overwrite it).
+    data["drift"] = last_drift(ticket) if ticket.state == "release_failed" else {}
     data["history"] = [
         {
             "action": e.action,
@@ -143,3 +146,28 @@ def _rollback_runs(release: Release) -> list[Run]:
 def replay_command(run: Run) -> list[str]:
     """Return the command ops type to replay a run by hand (`ansible-runner run <dir> -p <playbook>`)."""
     return replay_argv(run.run_dir, stage(run.stage).playbook)
+
+
+def host_state_json(row: HostState) -> dict:
+    """Return one host's row of the fleet table."""
+    drift = row.drift or {}
+    return {
+        "host": row.host,
+        "version": row.version,
+        "state": row.state,
+        "drift": {k: list(drift.get(k) or []) for k in ("added", "modified", "deleted")},
+        "message": row.message,
+        "checked_at": _iso(row.checked_at),
+    }
+
+
+def fleet_json(project: Project) -> dict:
+    """Return the fleet table of a project: each host as the last verify or release found it."""
+    rows = fleet(db.session, project)
+    return {
+        "project": project.name,
+        "live_version": project.live_version,
+        "checked_at": _iso(max((r.checked_at for r in rows), default=None)),
+        "verify_pending": is_pending(project.id),
+        "hosts": [host_state_json(r) for r in rows],
+    }

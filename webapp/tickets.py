@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from . import validation, workflow
 from .errors import BadInput, Conflict, NotFound, from_status
+from .fleet import drift_line
 from .models import Project, Run, Ticket, TicketEvent, User, utcnow
 from .workflow import Kind, State
 
@@ -169,12 +170,17 @@ def act(session: Session, ticket: Ticket, user: User, action: str, data: dict | 
         comment = f"admin override: {action} of own ticket. {comment}".strip()
     if action in (workflow.RELEASE, workflow.RETRY):
         fields["last_error"] = ""
+    overwrite = data.get("overwrite_drift") in (True, "1", "true", "on")
+    if overwrite and action != workflow.RETRY:
+        raise BadInput("overwrite_drift: only a retry can overwrite drift", "overwrite_drift")
+    if overwrite:
+        comment = "; ".join(filter(None, [_drift_comment(ticket), comment]))
     set_state(session, ticket, f.state, new, action, user, comment, **fields)
     if new is State.PENDING_STAGING:
         return _queue_run(session, ticket, "staging", user)
     if new is State.RELEASING:
         only = failed_hosts(ticket) if action == workflow.RETRY else []
-        return _queue_run(session, ticket, "release", user, only_hosts=only)
+        return _queue_run(session, ticket, "release", user, only_hosts=only, overwrite_drift=overwrite)
     return None
 
 
@@ -201,11 +207,35 @@ def with_contributor(ticket: Ticket, user: User) -> list[int]:
 
 
 def failed_hosts(ticket: Ticket) -> list[str]:
-    """Return the hosts that did not succeed in the ticket's last release run."""
+    """Return the hosts a retry must stage: those that did not stage the version in the last release run.
+
+    Empty means every host. A run that stopped before staging (a drift failure, a failed tag) staged none,
+    so a retry re-stages every host, not only the failed ones; the run records which hosts staged.
+    """
     runs = [r for r in ticket.runs if r.stage == "release"]
     if not runs:
         return []
-    return [h.host for h in runs[-1].hosts if h.status in ("failed", "unreachable")]
+    last = runs[-1]
+    staged = set((last.outputs or {}).get("staged") or [])
+    if not staged:
+        return []
+    return sorted({h.host for h in last.hosts} - staged)
+
+
+def last_drift(ticket: Ticket) -> dict:
+    """Return {host: {added, modified, deleted, version}} when the last release run failed on drift."""
+    runs = [r for r in ticket.runs if r.stage == "release"]
+    if not runs or runs[-1].status == "successful":
+        return {}
+    return dict((runs[-1].outputs or {}).get("drift") or {})
+
+
+def _drift_comment(ticket: Ticket) -> str:
+    """Name what a retry overwriting drift replaces: "retry overwriting drift on web2: modified index.php"."""
+    drift = last_drift(ticket)
+    if not drift:
+        return "retry overwriting drift"
+    return "retry overwriting drift on " + "; ".join(drift_line(h, drift[h]) for h in sorted(drift))
 
 
 def fire(session: Session, ticket_id: int, event: str, comment: str = "", **fields: object) -> Ticket:

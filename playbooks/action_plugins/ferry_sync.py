@@ -109,12 +109,13 @@ class Host:
             raise SyncError(msg[-MAX_MSG:])
         return res.get("stdout") or ""
 
-    def rsync(self, args: list[str], prepare: str | None = None) -> tuple[list[str], str]:
+    def rsync(self, args: list[str], prepare: str | None = None, stop_mark: str = "") -> tuple[list[str], str]:
         """Run rsync on the controller; return its itemized change lines and its stderr.
 
         `prepare` is a remote shell snippet run in the same ssh session just before rsync's server
         (via --rsync-path), which saves a round trip per host; it must print PREPARE_FAILED to stderr
-        and exit when it fails. Local hosts ignore it (the caller prepares with sh()).
+        and exit when it fails. Local hosts ignore it (the caller prepares with sh()). A prepare that
+        prints `stop_mark` to stderr and exits on purpose (nothing to compare) is not a failure.
         """
         argv = ["rsync", "-a", "--out-format=%i %n%L", *args]
         if self.rsh:
@@ -130,6 +131,8 @@ class Host:
             err_file.seek(0)
             stderr = err_file.read()
         if proc.returncode != 0:
+            if stop_mark and stop_mark in stderr:
+                return [], stderr
             if PREPARE_FAILED in stderr:  # the host answered: the destination is the problem
                 why = [ln for ln in stderr.splitlines() if ln and not ln.startswith(("rsync", PREPARE_FAILED))]
                 raise SyncError(f"{PREPARE_FAILED}: {' '.join(why)[-MAX_MSG:]}")
@@ -160,7 +163,7 @@ class ActionModule(ActionBase):
         try:
             host = Host(self, task_vars or {})
             root = str(args["deploy_root"]).rstrip("/") or "/"
-            version = int(args["version"]) if op != "prune" or args.get("version") else 0
+            version = int(args["version"]) if op not in ("prune", "check") or args.get("version") else 0
             only = [str(h) for h in args.get("stage_hosts") or []]
             if op == "stage" and only and host.name not in only:
                 # A retry re-stages only the hosts that failed; this one already holds releases/N.
@@ -178,6 +181,8 @@ class ActionModule(ActionBase):
                 out = self._prune(host, root, args)
             elif op == "revert":
                 out = self._revert(host, root, version, args)
+            elif op == "check":
+                return self._check_result(result, host, self._check(host, root, version, args))
             else:
                 return {
                     **result,
@@ -227,6 +232,10 @@ class ActionModule(ActionBase):
             # Relative to the destination: current's target (the live release) when there is one; rsync
             # only warns when it does not exist yet. Unchanged files become hard links, only changes travel.
             rsync_args = ["--delete", *EXCLUDES, *[f"--exclude=/{p}" for p in shared], "--link-dest=../../current"]
+        if _flag(args.get("overwrite_drift")):
+            # The hosts drifted: compare content, not size+mtime, so a hand-edited live file is neither kept
+            # (in place) nor hard-linked into the new release (--link-dest) because its size and time match.
+            rsync_args.append("--checksum")
         mkdir = f"mkdir -p {' '.join(_q(d) for d in dirs)}"
         live_echo = f"echo {LIVE_MARK}$(readlink {_q(root + '/current')} 2>/dev/null)"
         prepare = f"{mkdir} || {{ echo {_q(PREPARE_FAILED)} >&2; exit 1; }}; {live_echo} >&2"
@@ -374,9 +383,196 @@ rm -f {_q(tmp)} && ln -s releases/{version} {_q(tmp)} && mv -T {_q(tmp)} {_q(cur
             "msg": f"current -> {prev} again" if prev else "current removed (no earlier release)",
         }
 
+    def _check(self, host: Host, root: str, version: int, args: dict) -> dict:
+        """Compare the host's live tree with the tree of the version Ferry records as live (drift check).
+
+        Fast path: one dry-run rsync (size + mtime) from live_dir to the live tree, in one ssh session whose
+        --rsync-path prefix also reads `current` and tells a new host (nothing to compare) apart. Files whose
+        only difference is their time are confirmed with a second dry run with --checksum. A host that
+        already holds exactly `version` (release_dir: an earlier run of this release got there) is not
+        drift either.
+        """
+        mode = args.get("mode", "atomic")
+        if mode not in ("atomic", "inplace"):
+            raise SyncError(f"unknown mode {mode!r}")
+        live_version = int(args["live_version"])
+        live_dir = str(args["live_dir"]).rstrip("/") + "/"
+        if not os.path.isdir(live_dir):
+            raise SyncError(f"live_dir {live_dir} does not exist on the controller")
+        shared = [p.strip("/") for p in args.get("shared_paths") or [] if p.strip("/")]
+        tree = f"{root}/current/" if mode == "atomic" else f"{root}/"
+        probe = _check_probe(root, mode, shared)
+        found = host.sh(probe) if host.local else ""
+        # checksum=true (verify --checksum): every file's content is compared, which also finds an edit that
+        # kept both size and mtime; the fast path cannot see that one.
+        deep = ["--checksum"] if _flag(args.get("checksum")) else []
+        lines: list[str] = []
+        if NEW_MARK not in found:
+            lines, stderr = host.rsync(
+                [*CHECK_ARGS, *deep, *[f"--exclude=/{p}" for p in shared], live_dir, host.dest(tree)],
+                prepare=f"{probe} >&2",
+                stop_mark=NEW_MARK,
+            )
+            found += stderr
+        if NEW_MARK in found:
+            return {"state": "new", "version": None, "msg": "new host: nothing deployed yet"}
+        served = live_version
+        if mode == "atomic":
+            m = re.search(rf"^{LIVE_MARK}(.*)$", found, re.MULTILINE)
+            link = (m.group(1).strip().rstrip("/") if m else "") or "(not a symlink)"
+            served = int(link.rsplit("/", 1)[1]) if re.fullmatch(r"(.*/)?releases/\d+", link) else None
+        drift = self._drift(host, live_dir, tree, lines)
+        target_dir = str(args.get("release_dir") or "")
+        # An earlier run of this release may have got the host there already: atomic, a switch that could not
+        # be undone; in place, a run that failed after this host was synced. That host is not drift.
+        maybe_there = served == version if mode == "atomic" else _has_drift(drift)
+        if maybe_there and version and version != live_version and os.path.isdir(target_dir):
+            at_target = self._compare(host, target_dir.rstrip("/") + "/", tree, shared)
+            if not _has_drift(at_target):
+                return {"state": "in_sync", "version": version, "msg": f"already holds version {version}"}
+        if served != live_version:
+            what = f"serves version {served}" if served is not None else f"current is not a release symlink ({link})"
+            return {
+                "state": "drifted",
+                "version": served,
+                **{k: [] for k in DRIFT_KINDS},
+                "msg": f"drift: {what}, Ferry records {live_version}",
+            }
+        if _has_drift(drift):
+            return {"state": "drifted", "version": served, **drift, "msg": "drift: " + _describe(drift)}
+        return {"state": "in_sync", "version": served, "msg": f"in sync with version {live_version}"}
+
+    def _compare(self, host: Host, src: str, tree: str, shared: list[str]) -> dict:
+        """Compare a controller tree with the host's live tree (both passes); return the drift lists."""
+        lines, _ = host.rsync([*CHECK_ARGS, *[f"--exclude=/{p}" for p in shared], src, host.dest(tree)])
+        return self._drift(host, src, tree, lines)
+
+    @staticmethod
+    def _drift(host: Host, src: str, tree: str, lines: list[str]) -> dict:
+        """Classify a dry run's itemized lines; confirm time-only differences of files by checksum."""
+        drift: dict[str, list[str]] = {k: [] for k in DRIFT_KINDS}
+        candidates = []
+        for line in lines:
+            item, _, name = line.partition(" ")
+            if item == "*deleting":
+                drift["added"].append(_unescape(name.lstrip()))
+                continue
+            if len(item) != 11 or item[0] not in "<>ch.":
+                continue  # rsync's notices
+            kind, flags = item[1], item[2:]
+            if kind == "L":
+                name = name.split(" -> ", 1)[0]
+            name = _unescape(name)
+            if name in ("./", "."):
+                continue
+            if flags.startswith("+"):
+                drift["deleted"].append(name)
+            elif flags[0] == "c" or flags[1] == "s" or flags[3] == "p":
+                drift["modified"].append(name)
+            elif flags[2] in "tT" and kind == "f":
+                candidates.append(name)
+        if candidates:
+            with tempfile.NamedTemporaryFile("wb", suffix=".files") as listing:
+                listing.write(b"\0".join(os.fsencode(n) for n in candidates) + b"\0")
+                listing.flush()
+                confirm, _ = host.rsync(
+                    [*CHECK_ARGS[:-1], "--checksum", f"--files-from={listing.name}", "--from0", src, host.dest(tree)]
+                )
+            for line in confirm:
+                item, _, name = line.partition(" ")
+                if len(item) == 11 and item[1] == "f" and (item[2] == "c" or item[3] == "s"):
+                    drift["modified"].append(_unescape(name))
+        return _fold(drift)
+
+    @staticmethod
+    def _check_result(result: dict, host: Host, out: dict) -> dict:
+        """Turn a check into the task result: failed (naming the files) on drift, ok otherwise."""
+        state = out.pop("state")
+        msg = out.pop("msg")
+        record = {"state": state, "version": out.get("version"), **{k: out.get(k, []) for k in DRIFT_KINDS}}
+        ferry: dict = {"check": {host.name: {**record, "message": msg}}}
+        if state == "drifted":
+            lists = {k: record[k] for k in DRIFT_KINDS}
+            ferry["drift"] = {host.name: {**lists, "version": record["version"], "message": msg}}
+        result.update(changed=False, msg=msg, ferry=ferry, failed=state == "drifted")
+        return result
+
     def _prune(self, host: Host, root: str, args: dict) -> dict:
         """Remove old releases beyond the newest `keep`, never the live or a protected one."""
         return _prune_result(host.sh(_prune_script(root, args).strip()))
+
+
+NEW_MARK = "ferry-check=new"
+DRIFT_KINDS = ("added", "modified", "deleted")
+MAX_NAMED = 8  # files named in a drift message; the result lists them all (capped at MAX_LISTED)
+MAX_LISTED = 500
+# Dry run, owner/group and directory times ignored (not content); --delete lists files only the host has.
+CHECK_ARGS = ["-8", "--dry-run", "--no-owner", "--no-group", "--omit-dir-times", *EXCLUDES, "--delete"]
+
+
+def _flag(value) -> bool:
+    """Read a boolean task argument (templated values may arrive as strings)."""
+    return value is True or str(value).strip().lower() in ("true", "1", "yes", "on")
+
+
+def _check_probe(root: str, mode: str, shared: list[str]) -> str:
+    """Shell that prints NEW_MARK for a host with nothing deployed, else (atomic) where `current` points.
+
+    A deploy_root that cannot be a directory (its nearest existing ancestor is a file) is an error, not new.
+    """
+    sane = (
+        f'd={_q(root)}; while [ ! -e "$d" ] && [ ! -L "$d" ]; do d=$(dirname "$d"); done; '
+        f'[ -d "$d" ] || {{ echo {_q(PREPARE_FAILED)} >&2; echo "deploy_root: $d is not a directory" >&2; exit 1; }}; '
+    )
+    if mode == "atomic":
+        cur = _q(f"{root}/current")
+        found = f"echo {LIVE_MARK}$(readlink {cur})"
+        return f"{sane}if [ -e {cur} ] || [ -L {cur} ]; then {found}; else echo {NEW_MARK}; exit 0; fi"
+    # In place: a root that is missing or holds nothing but the host's own shared paths is new.
+    keep = "".join(f" -e {_q(p.split('/', 1)[0])}" for p in shared)
+    listing = f"ls -A {_q(root)}" + (f" | grep -vxF{keep}" if keep else "")
+    return f'{sane}if [ ! -d {_q(root)} ] || [ -z "$({listing})" ]; then echo {NEW_MARK}; exit 0; fi'
+
+
+def _unescape(name: str) -> str:
+    """Undo rsync's \\#ooo escapes of unprintable bytes in a name."""
+    if "\\#" not in name:
+        return name
+    raw = re.sub(rb"\\#([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), os.fsencode(name))
+    return os.fsdecode(raw)
+
+
+def _fold(drift: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Tidy the lists: a path both deleted and added changed type; a directory is named only when empty."""
+    added, deleted = set(drift["added"]), set(drift["deleted"])
+    both = {p.rstrip("/") for p in added} & {p.rstrip("/") for p in deleted}
+    out: dict[str, list[str]] = {}
+    for kind in DRIFT_KINDS:
+        names = [p for p in drift[kind] if kind == "modified" or p.rstrip("/") not in both]
+        if kind == "modified":
+            names += sorted(both)
+        inner = {os.path.dirname(p.rstrip("/")) for p in names}
+        # A directory line adds nothing when a path inside it is listed too.
+        names = [p for p in names if not (p.endswith("/") and p.rstrip("/") in inner)]
+        out[kind] = sorted(set(names))[:MAX_LISTED]
+    return out
+
+
+def _has_drift(drift: dict) -> bool:
+    """Tell whether any file was added, modified or deleted."""
+    return any(drift.get(k) for k in DRIFT_KINDS)
+
+
+def _describe(drift: dict) -> str:
+    """Name the drifted files, MAX_NAMED at most: "modified a, b; deleted c; added d (+3 more)"."""
+    parts, named, total = [], 0, sum(len(drift[k]) for k in DRIFT_KINDS)
+    for kind in ("modified", "deleted", "added"):
+        names = drift[kind][: max(MAX_NAMED - named, 0)]
+        named += len(names)
+        if names:
+            parts.append(f"{kind} {', '.join(names)}")
+    more = f" (+{total - named} more)" if total > named else ""
+    return "; ".join(parts) + more
 
 
 def _prune_script(root: str, args: dict) -> str:

@@ -5,18 +5,18 @@ from __future__ import annotations
 from flask import Blueprint, g, jsonify, request
 from sqlalchemy import select
 
-from .. import projects, releases, runs, tickets, validation, workflow
+from .. import fleet, projects, releases, runs, tickets, validation, workflow
 from ..auth import token_required
 from ..dispatch import dispatch
 from ..errors import BadInput, error_response
 from ..extensions import db
 from ..models import Project, Ticket
-from ..serialize import project_json, release_json, replay_command, run_json, ticket_json
+from ..serialize import fleet_json, project_json, release_json, replay_command, run_json, ticket_json
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 TICKET_FIELDS = {"project", "reason", "svn_paths", "svn_revision"}
-ACTION_FIELDS = {"comment", "reason", "svn_paths", "svn_revision", "expected_state"}
+ACTION_FIELDS = {"comment", "reason", "svn_paths", "svn_revision", "expected_state", "overwrite_drift"}
 ROLLBACK_FIELDS = {"project", "version", "reason"}
 # The JSON type of every field; null passes here and the services decide whether a field is required.
 # The API is stricter than the forms: svn_paths is a list, never the forms' newline-separated text.
@@ -28,6 +28,8 @@ FIELD_TYPES: dict[str, tuple[type, str]] = {
     "svn_paths": (list, "a list of strings"),
     "svn_revision": (int, "a positive integer or null"),
     "version": (int, "an integer"),
+    "overwrite_drift": (bool, "true or false"),
+    "checksum": (bool, "true or false"),
 }
 
 
@@ -49,7 +51,7 @@ def _body(allowed: set[str]) -> dict:
             continue  # the services check presence, and fields this table does not type
         kind, described = FIELD_TYPES[field]
         # bool is an int subclass in Python, but `true` is never a revision or a version.
-        if not isinstance(value, kind) or isinstance(value, bool):
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             raise BadInput(f"{field}: must be {described}", field)
     return data
 
@@ -119,6 +121,30 @@ def project_releases(name: str):
     if not tickets.can_see(g.api_user, project):
         return error_response(f"project {name!r} not found", 404)
     return jsonify([release_json(r, project) for r in releases.history(db.session, project)])
+
+
+@bp.get("/projects/<name>/hosts")
+@token_required
+def project_hosts(name: str):
+    """Return the fleet table: each host's version and state as the last verify (or release) found it."""
+    project = projects.get_project(db.session, name)
+    if not tickets.can_see(g.api_user, project):
+        return error_response(f"project {name!r} not found", 404)
+    return jsonify(fleet_json(project))
+
+
+@bp.post("/projects/<name>/hosts")
+@token_required
+def verify_hosts(name: str):
+    """Queue a verify of every host of the project (leads and admins); 202 with the current fleet table."""
+    data = _body({"checksum"})
+    project = projects.get_project(db.session, name)
+    if not tickets.can_see(g.api_user, project):
+        return error_response(f"project {name!r} not found", 404)
+    if not fleet.can_verify(g.api_user, project):
+        return error_response("only a lead of the project or an admin may verify its hosts", 403)
+    fleet.request_verify(project, checksum=bool(data.get("checksum")))
+    return jsonify(fleet_json(project)), 202
 
 
 @bp.post("/rollbacks")

@@ -6,11 +6,11 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask_login import current_user, login_required
 from sqlalchemy import select
 
-from .. import releases, runs, tickets, workflow
+from .. import fleet, releases, runs, tickets, workflow
 from ..dispatch import dispatch
 from ..extensions import db
 from ..models import Project, Ticket
-from ..serialize import CHANGE_STATES, last_run
+from ..serialize import CHANGE_STATES, fleet_json, last_run
 from ..workflow import State
 
 bp = Blueprint("pages", __name__)
@@ -108,6 +108,7 @@ def ticket_detail(ticket_id: int):
         release_run=last_run(ticket, "release"),
         editable=State(ticket.state) in workflow.EDITABLE,
         changes=releases.preview(db.session, ticket) if ticket.state in CHANGE_STATES else None,
+        drift=tickets.last_drift(ticket) if workflow.RETRY in actions else {},
     )
 
 
@@ -119,7 +120,8 @@ def ticket_action(ticket_id: int, action: str):
         abort(404)
     ticket = tickets.get_ticket(db.session, ticket_id, current_user)
     tickets.check_expected_state(ticket, request.form.get("expected_state"))
-    data = {k: v for k, v in request.form.items() if k in ("comment", "reason", "svn_paths", "svn_revision")}
+    fields = ("comment", "reason", "svn_paths", "svn_revision", "overwrite_drift")
+    data = {k: v for k, v in request.form.items() if k in fields}
     run = tickets.act(db.session, ticket, current_user, action, data)
     db.session.commit()
     dispatch(run)
@@ -146,7 +148,23 @@ def project_detail(name: str):
         project=project,
         releases=releases.history(db.session, project),
         can_rollback=current_user.is_admin or current_user.role_in(project) is not None,
+        fleet=fleet_json(project),
+        can_verify=fleet.can_verify(current_user, project),
     )
+
+
+@bp.post("/projects/<name>/verify")
+@login_required
+def verify_hosts(name: str):
+    """Queue a verify of every host of the project (leads and admins)."""
+    project = db.session.scalar(select(Project).where(Project.name == name))
+    if project is None or not tickets.can_see(current_user, project):
+        abort(404)
+    if not fleet.can_verify(current_user, project):
+        abort(403)
+    queued = fleet.request_verify(project)
+    flash("Verify queued: reload to see the result." if queued else "A verify is already queued or running.", "info")
+    return redirect(url_for("pages.project_detail", name=project.name), code=303)
 
 
 @bp.post("/projects/<name>/rollback")
