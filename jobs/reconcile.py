@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from flask import current_app
+from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from sqlalchemy import select
@@ -45,6 +46,7 @@ def reconcile() -> dict:
     with app_context():
         redis = redis_connection()
         lost = requeued = 0
+        back: list[Run] = []
         now = utcnow()
         ttl = timedelta(seconds=heartbeat_ttl())
         grace = timedelta(seconds=int(current_app.config.get("FERRY_REQUEUE_GRACE", 20)))
@@ -58,8 +60,19 @@ def reconcile() -> dict:
                 tickets.fire(db.session, run.ticket_id, stage(run.stage).fail_event, run.error, last_error=run.error)
             except Conflict:
                 pass  # the ticket already moved on
+            else:
+                if run.stage == "release" and run.version is not None:
+                    # It may have switched some hosts: put them back (its own run, replayable like any other).
+                    back.append(Run(ticket_id=run.ticket_id, project_id=run.project_id, stage="switch_back"))
+                    db.session.add(back[-1])
             db.session.commit()
             lost += 1
+        for new in back:
+            try:
+                new.rq_job_id = enqueue_run(new.id, new.stage, new.project.stage_timeout)
+                db.session.commit()
+            except RedisError:
+                db.session.rollback()  # still queued: the next round re-enqueues it
         for run in db.session.scalars(select(Run).where(Run.status == "queued")):
             if now - run.created_at < grace or _job_alive(redis, run.rq_job_id):
                 continue

@@ -13,7 +13,7 @@ from flask import current_app
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from . import snapshots, tickets, validation, workflow
+from . import batches, snapshots, tickets, validation, workflow
 from .errors import BadInput, Conflict, Forbidden, NotFound
 from .models import Project, Release, Run, Ticket, TicketEvent, User, utcnow
 from .workflow import Kind, State
@@ -291,3 +291,114 @@ def _record_inplace_first(session: Session, project: Project, version: int) -> N
             )
         )
     project.live_version = version
+
+
+def gray_plan(session: Session, ticket: Ticket, run: Run, hosts: list[str]) -> dict:
+    """Decide which hosts this release run switches, in which batches, and with which health gate.
+
+    Release tickets follow the project's batch spec; a rollback switches every host at once (speed matters
+    most then) and its health check is reported, not enforced. `manual` pauses after each healthy batch:
+    each run switches one batch, `continue` queues the next. `phase` is the run's: full, continue or abort.
+    """
+    project = ticket.project
+    phase = (run.outputs or {}).get("phase", "full")
+    rollback = ticket.kind == Kind.ROLLBACK.value
+    plan = [hosts] if rollback else batches.plan(project.batches, hosts)
+    done = 0
+    if phase != "full":
+        previous = [r for r in ticket.runs if r.stage == "release" and r.id != run.id and (r.outputs or {}).get("gray")]
+        if previous:
+            gray = previous[-1].outputs["gray"]
+            plan, done = gray["plan"], gray["done_before"] + len(gray["this_run"])
+    gated = bool(project.health_url or project.health_playbook)
+    manual = project.batch_pause == "manual" and not rollback
+    this = list(range(done, min(done + 1, len(plan)) if manual else len(plan))) if phase != "abort" else []
+    switch_hosts = [h for i in this for h in plan[i]]
+    return {
+        "phase": phase,
+        "plan": plan,
+        "done_before": done,
+        "this_run": this,
+        "batched": len(plan) > 1 or gated or phase != "full",
+        "switch_hosts": switch_hosts,
+        "batch_sizes": [len(plan[i]) for i in this] or [1],
+        "batch_of": {h: i + 1 for i in this for h in plan[i]},
+        "health": {
+            "url": project.health_url,
+            "expect": project.health_expect or "2xx",
+            "body": project.health_body,
+            "retries": project.health_retries,
+            "interval": project.health_interval,
+        },
+        "health_tasks": project.health_playbook,
+        "health_gate": not rollback,
+        "gated": gated,
+    }
+
+
+def gray_outcome(session: Session, ticket: Ticket, gray: dict, user: User | None) -> str:
+    """Tell what a successful gray run means: "aborted", "paused" (more batches wait) or "done"."""
+    if gray["phase"] == "abort":
+        return "aborted"
+    if gray["done_before"] + len(gray["this_run"]) < len(gray["plan"]):
+        return "paused"
+    return "done"
+
+
+def pause(session: Session, ticket: Ticket, gray: dict) -> None:
+    """Record a healthy batch of a manual gray release: the ticket waits for continue or abort."""
+    n = gray["done_before"] + len(gray["this_run"])
+    hosts = ", ".join(h for i in gray["this_run"] for h in gray["plan"][i])
+    comment = f"batch {n} of {len(gray['plan'])} switched and healthy ({hosts}); continue or abort"
+    tickets.fire(session, ticket.id, workflow.RELEASE_PAUSE, comment, last_error="")
+
+
+def batches_json(ticket: Ticket, progress: dict | None = None) -> list[dict]:
+    """Return the ticket's batches: [{n, hosts, status: pending|switched|healthy|failed|reverted}].
+
+    From the newest release run with a gray plan; while it runs, `progress` ({host: {status, task}} from the
+    live progress hash) moves its batches along.
+    """
+    runs = [r for r in ticket.runs if r.stage == "release" and (r.outputs or {}).get("gray")]
+    if not runs:
+        return []
+    run = runs[-1]
+    gray = run.outputs["gray"]
+    plan, before, this = gray["plan"], gray["done_before"], set(gray["this_run"])
+    failed = {h.host for h in run.hosts if h.status in ("failed", "unreachable")}
+    gated = bool(gray.get("gated"))
+    out = []
+    for i, hosts in enumerate(plan):
+        status = "healthy" if i < before else "pending"
+        if gray["phase"] == "abort" and i < before:
+            status = "reverted" if run.status == "successful" else "healthy"
+        elif i in this:
+            if run.status in ("queued", "running"):
+                tasks = [(progress or {}).get(h) or {} for h in hosts]
+                if any(t.get("status") == "failed" for t in tasks):
+                    status = "failed"
+                elif any("back" in (t.get("task") or "") for t in tasks):
+                    status = "reverted"
+                elif all("Health" in (t.get("task") or "") and t.get("status") == "ok" for t in tasks):
+                    status = "healthy"
+                elif any(t.get("task") for t in tasks):
+                    status = "switched"
+            elif run.status == "successful":
+                status = "healthy" if gated else "switched"
+            else:
+                live = set((run.outputs or {}).get("went_live") or [])
+                status = "failed" if failed & set(hosts) else "reverted" if live & set(hosts) else "pending"
+        out.append({"n": i + 1, "hosts": hosts, "status": status})
+    if run.status not in ("queued", "running", "successful"):
+        # A failed run switched everything back: batches that had gone live before it are back on the old version.
+        out = [{**b, "status": "reverted"} if b["status"] == "healthy" else b for b in out]
+    return out
+
+
+def note(session: Session, ticket: Ticket, action: str, comment: str) -> None:
+    """Add a history line that changes no state (e.g. a switch-back after a lost run); append it to the error."""
+    session.add(
+        TicketEvent(ticket_id=ticket.id, action=action, from_state=ticket.state, to_state=ticket.state, comment=comment)
+    )
+    if ticket.last_error:
+        ticket.last_error = f"{ticket.last_error}; {comment}"

@@ -9,7 +9,8 @@ from sqlalchemy import select
 from .extensions import db
 from .fleet import fleet, is_pending
 from .models import HostState, Project, Release, Run, Ticket, User
-from .releases import preview
+from .releases import batches_json, preview
+from .runs import progress
 from .stages import replay_argv, stage
 from .tickets import allowed_actions, last_drift
 
@@ -89,6 +90,9 @@ def ticket_json(ticket: Ticket, user: User, brief: bool = False) -> dict:
     if ticket.state in CHANGE_STATES:
         data["changes"] = preview(db.session, ticket)
     data["last_run"] = run_json(last_run(ticket))
+    gray_run = last_run(ticket, "release")
+    live = gray_run is not None and gray_run.status in ("queued", "running")
+    data["batches"] = batches_json(ticket, progress(gray_run) if live else None)
     # {host: {added, modified, deleted, version}} when the last release failed on drift (retry can overwrite it).
     data["drift"] = last_drift(ticket) if ticket.state == "release_failed" else {}
     data["history"] = [

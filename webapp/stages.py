@@ -54,7 +54,18 @@ RELEASE = Stage(
     fail_event=workflow.RELEASE_FAILED,
     per_host=True,
 )
-STAGES: dict[str, Stage] = {s.name: s for s in (STAGING, RELEASE)}
+# After a release run was lost (worker killed) or stopped: put every host back on the live version. Queued
+# by the reconciler with the ticket already in release_failed; it changes no state, it records the outcome.
+SWITCH_BACK = Stage(
+    name="switch_back",
+    playbook="release.yml",
+    job="jobs.release.switch_back_job",
+    lane="release",
+    claim_state=State.RELEASE_FAILED,
+    fail_event=workflow.RELEASE_FAILED,
+    per_host=True,
+)
+STAGES: dict[str, Stage] = {s.name: s for s in (STAGING, RELEASE, SWITCH_BACK)}
 
 
 def stage(name: str) -> Stage:

@@ -175,13 +175,31 @@ def act(session: Session, ticket: Ticket, user: User, action: str, data: dict | 
         raise BadInput("overwrite_drift: only a retry can overwrite drift", "overwrite_drift")
     if overwrite:
         comment = "; ".join(filter(None, [_drift_comment(ticket), comment]))
+    if action in (workflow.RELEASE, workflow.RETRY):
+        check_no_paused_release(session, ticket)
     set_state(session, ticket, f.state, new, action, user, comment, **fields)
     if new is State.PENDING_STAGING:
         return _queue_run(session, ticket, "staging", user)
     if new is State.RELEASING:
+        if action in (workflow.CONTINUE, workflow.ABORT):  # gray release: next batch, or everything back
+            phase = "continue" if action == workflow.CONTINUE else "abort"
+            return _queue_run(session, ticket, "release", user, outputs={"phase": phase})
         only = failed_hosts(ticket) if action == workflow.RETRY else []
         return _queue_run(session, ticket, "release", user, only_hosts=only, overwrite_drift=overwrite)
     return None
+
+
+def check_no_paused_release(session: Session, ticket: Ticket) -> None:
+    """Refuse to start a release while another ticket of the project is paused between gray batches."""
+    paused = session.scalar(
+        select(Ticket.id).where(
+            Ticket.project_id == ticket.project_id,
+            Ticket.id != ticket.id,
+            Ticket.state == State.RELEASE_PAUSED.value,
+        )
+    )
+    if paused is not None:
+        raise Conflict(f"ticket #{paused} is paused between gray-release batches: continue or abort it first")
 
 
 def content_changes(ticket: Ticket, fields: dict[str, object]) -> list[str]:

@@ -10,10 +10,19 @@ from .. import fleet, releases, runs, tickets, workflow
 from ..dispatch import dispatch
 from ..extensions import db
 from ..models import Project, Ticket
+from ..releases import batches_json
+from ..runs import progress
 from ..serialize import CHANGE_STATES, fleet_json, last_run
 from ..workflow import State
 
 bp = Blueprint("pages", __name__)
+
+
+def _live_progress(ticket) -> dict | None:
+    """Return the live per-host progress of the ticket's running release run, if one runs."""
+    run = last_run(ticket, "release")
+    return progress(run) if run is not None and run.status in ("queued", "running") else None
+
 
 ACTION_LABELS = {
     workflow.RETURN: ("Return for changes", "warning"),
@@ -23,6 +32,8 @@ ACTION_LABELS = {
     workflow.REJECT: ("Reject", "danger"),
     workflow.RELEASE: ("Release", "primary"),
     workflow.RETRY: ("Retry failed hosts", "primary"),
+    workflow.CONTINUE: ("Continue: next batch", "primary"),
+    workflow.ABORT: ("Abort: every host back", "danger"),
     workflow.CANCEL: ("Cancel ticket", "outline-secondary"),
 }
 
@@ -106,6 +117,7 @@ def ticket_detail(ticket_id: int):
         run=run,
         can_cancel=run is not None and runs.can_cancel(run, current_user),
         release_run=last_run(ticket, "release"),
+        batches=batches_json(ticket, _live_progress(ticket)),
         editable=State(ticket.state) in workflow.EDITABLE,
         changes=releases.preview(db.session, ticket) if ticket.state in CHANGE_STATES else None,
         drift=tickets.last_drift(ticket) if workflow.RETRY in actions else {},
