@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from jobs import snapshots
 
-from . import tickets, validation, workflow
+from . import notify, tickets, validation, workflow
 from .errors import BadInput, Conflict, Forbidden, NotFound
 from .models import Project, Release, Run, Ticket, TicketEvent, User
 from .workflow import Kind, State
@@ -96,6 +96,10 @@ def create_rollback(session: Session, project_name: object, user: User, version:
             user_id=user.id,
             comment=f"roll back to version {version}",
         )
+    )
+    session.flush()
+    notify.on_transition(
+        session, ticket, "request-rollback", None, ticket.state, user, f"roll back to version {version}"
     )
     return ticket
 

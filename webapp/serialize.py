@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from . import notify
 from .extensions import db
 from .fleet import fleet, is_pending
 from .models import HostState, Project, Release, Run, Ticket, User
@@ -83,7 +84,6 @@ def ticket_json(ticket: Ticket, user: User, brief: bool = False) -> dict:
     if brief:
         return data
     if ticket.state in CHANGE_STATES:
-        from .extensions import db
         from .releases import preview
 
         data["changes"] = preview(db.session, ticket)
@@ -101,6 +101,7 @@ def ticket_json(ticket: Ticket, user: User, brief: bool = False) -> dict:
         }
         for e in ticket.history
     ]
+    data["notifications"] = [notify.delivery_json(d) for d in notify.ticket_deliveries(db.session, ticket)]
     return data
 
 
