@@ -33,7 +33,8 @@ def worker(burst: bool) -> None:
     """Run an RQ worker for Ferry's queue (reconciles lost runs first)."""
     click.echo(f"reconciled: {reconcile()}")
     conn = redis_connection()
-    Worker([queue(conn)], connection=conn).work(burst=burst, with_scheduler=False)
+    # The scheduler moves notification retries waiting for their back-off back onto the queue.
+    Worker([queue(conn)], connection=conn).work(burst=burst, with_scheduler=True)
 
 
 @click.command("reconcile")

@@ -3,7 +3,8 @@
 Runs marked running whose DB heartbeat is older than FERRY_HEARTBEAT_TTL lost their worker: they fail
 with "worker lost", the ticket moves to the matching *_failed state, a leftover ansible-playbook on this
 machine is stopped and the lock is freed. Runs still queued whose RQ job is missing (Redis flushed,
-enqueue failed after commit) are enqueued again.
+enqueue failed after commit) are enqueued again, and so are notification deliveries still queued without
+a queue entry. A lost run notifies as `run_lost`.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from sqlalchemy import select
 
-from webapp import tickets
+from webapp import notify, tickets
 from webapp.dispatch import enqueue_run
 from webapp.errors import Conflict
 from webapp.extensions import db
 from webapp.live import redis_connection
-from webapp.models import Run, utcnow
+from webapp.models import Delivery, Run, utcnow
 from webapp.stages import stage
 
 from .context import app_context
@@ -57,7 +58,9 @@ def reconcile() -> dict:
             run.status, run.error, run.finished_at = "lost", "worker lost: the run stopped without an end", now
             force_release(redis, run.project_id, stage(run.stage).lane, run.id)
             try:
-                tickets.fire(db.session, run.ticket_id, stage(run.stage).fail_event, run.error, last_error=run.error)
+                tickets.fire(
+                    db.session, run.ticket_id, stage(run.stage).fail_event, run.error, "run_lost", last_error=run.error
+                )
             except Conflict:
                 pass  # the ticket already moved on
             else:
@@ -79,4 +82,11 @@ def reconcile() -> dict:
             run.rq_job_id = enqueue_run(run.id, run.stage, run.project.stage_timeout)
             db.session.commit()
             requeued += 1
-        return {"lost": lost, "requeued": requeued}
+        stuck = [
+            d.id
+            for d in db.session.scalars(select(Delivery).where(Delivery.status == "queued"))
+            if now - d.created_at >= grace and not _job_alive(redis, f"notify-{d.id}")
+        ]
+        if stuck and not notify.enqueue(stuck):
+            stuck = []
+        return {"lost": lost, "requeued": requeued, "deliveries_requeued": len(stuck)}

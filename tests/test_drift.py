@@ -313,3 +313,21 @@ def test_drift_over_ssh_fails_release_verify_reports_unreachable_and_overwrite_h
     assert trees[b]["css/site.css"] == (b"body { color: green; }\n", False) and "shell.php" not in trees[b]
     assert verify(app)[0] == 0
     assert {(r.state, r.version) for r in states(world.project.id).values()} == {("in_sync", 2)}
+
+
+@pytest.mark.parametrize("mode", ["atomic", "inplace"])
+def test_shared_paths_are_never_drift(flow, world, app, mode):
+    """What hosts write into their shared paths (uploads) is theirs: not drift, not touched, in both modes."""
+    world.project.deploy_mode = mode
+    world.project.shared_paths = ["uploads"]
+    db.session.commit()
+    flow.ship({"index.html": "<h1>v1</h1>\n", "uploads/.keep": ""}, "v1")
+    for root in world.hosts.roots.values():
+        base = root / "shared" if mode == "atomic" else root
+        (base / "uploads" / "avatar.png").write_bytes(b"\x89PNG user data")
+    assert verify(app)[0] == 0
+    t = flow.ship({"index.html": "<h1>v2</h1>\n"}, "v2")
+    assert t["version"] == 2
+    for h in world.hosts.roots:
+        assert (live_dir(world, h) / "uploads" / "avatar.png").read_bytes() == b"\x89PNG user data"
+    assert verify(app)[0] == 0

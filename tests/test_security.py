@@ -31,7 +31,18 @@ from tests.test_permissions import MOVES, add_release, force, make_ticket, snaps
 from webapp import config, create_app, fleet, models
 from webapp import projects as svc
 from webapp.extensions import db
-from webapp.models import ApiToken, HostResult, Membership, Project, Run, Ticket, TicketEvent, User
+from webapp.models import (
+    ApiToken,
+    Delivery,
+    HostResult,
+    Membership,
+    NotifyChannel,
+    Project,
+    Run,
+    Ticket,
+    TicketEvent,
+    User,
+)
 
 pytestmark = pytest.mark.integration
 APP_HASHER = models._hasher  # the app's own argon2 parameters, before quick_hashing swaps them for a test
@@ -95,6 +106,9 @@ POST_FORMS = {
     "/tickets/<int:ticket_id>/<action>",
     "/projects/<name>/rollback",
     "/projects/<name>/verify",
+    "/projects/<name>/notify",
+    "/projects/<name>/notify/<int:channel_id>/remove",
+    "/projects/<name>/notify/<int:channel_id>/test",
     "/admin/users",
     "/admin/projects",
     "/admin/projects/<name>",
@@ -169,6 +183,13 @@ def test_csrf_on_every_form(app, world):
     )
     verifying = lambda: fleet.is_pending(world.project.id)  # noqa: E731
     refused_then_accepted(lead, "/projects/site/verify", "/projects/site", {}, verifying)
+    channel = {"kind": "slack", "target": "http://127.0.0.1:9/hook"}
+    refused_then_accepted(lead, "/projects/site/notify", "/projects/site", channel, lambda: count(NotifyChannel))
+    cid = db.session.scalar(select(NotifyChannel.id))
+    refused_then_accepted(lead, f"/projects/site/notify/{cid}/test", "/projects/site", {}, lambda: count(Delivery))
+    refused_then_accepted(
+        lead, f"/projects/site/notify/{cid}/remove", "/projects/site", {}, lambda: count(NotifyChannel)
+    )
     new_user = {"username": "newbie", "password": "long-enough-pw"}
     refused_then_accepted(admin, "/admin/users", "/admin/users", new_user, lambda: count(User))
     settings = {

@@ -11,7 +11,7 @@ from flask import Blueprint, Flask, flash, g, redirect, render_template, request
 from flask_login import current_user, login_required, login_user, logout_user
 from sqlalchemy import select
 
-from . import projects, throttle, validation
+from . import directory, projects, throttle, validation
 from .errors import BadInput, error_response
 from .extensions import db, login_manager
 from .models import ApiToken, User, spend_password_check, utcnow
@@ -93,9 +93,18 @@ def login():
             return render_template("login.html"), 429
         user = db.session.scalar(select(User).where(User.username == username))
         password = request.form.get("password", "")
-        if user is None:
+        if user is not None and user.auth_source != "ldap":
+            user = user if user.check_password(password) else None  # local accounts (break-glass) stay local
+        elif directory.enabled():
+            try:
+                user = _directory_login(username, password)
+            except directory.DirectoryUnreachable:
+                flash("Company directory unreachable; try again later (local accounts can still log in).", "danger")
+                return render_template("login.html"), 503
+        else:
             spend_password_check(password)  # same cost as a real check: timing does not reveal user names
-        elif user.check_password(password):
+            user = None
+        if user is not None:
             throttle.reset(username, request.remote_addr or "")
             if user.disabled:  # said only to whoever knows the password
                 flash("This account is disabled; ask an administrator.", "danger")
@@ -105,6 +114,16 @@ def login():
         flash("Unknown user or wrong password.", "danger")
         return render_template("login.html"), 401
     return render_template("login.html")
+
+
+def _directory_login(username: str, password: str) -> User | None:
+    """Check a login against the company directory; create or update the local user (committed)."""
+    found = directory.authenticate(username, password)
+    if found is None:
+        return None
+    user = directory.sync_user(db.session, found)  # BadInput (a name Ferry cannot use) is shown as such
+    db.session.commit()
+    return user
 
 
 @bp.post("/logout")

@@ -6,6 +6,7 @@ import click
 from flask import Flask
 from flask.cli import AppGroup
 
+from . import notify
 from . import projects as svc
 from .auth import issue_token
 from .config import DEFAULT_FORKS, DEFAULT_KEEP_RELEASES
@@ -15,6 +16,7 @@ from .extensions import db
 
 user_cli = AppGroup("user", help="Manage users.")
 project_cli = AppGroup("project", help="Manage projects and memberships.")
+notify_cli = AppGroup("notify", help="Manage a project's notification channels.")
 
 
 def _run(fn, *args, **kwargs):
@@ -139,9 +141,68 @@ def project_member(name: str, username: str, role: str) -> None:
     click.echo(f"{username} is {role} of {name}")
 
 
+@notify_cli.command("add")
+@click.argument("project_name")
+@click.option("--kind", type=click.Choice(notify.KINDS), required=True)
+@click.option("--url", default="", help="the webhook URL (json, dingtalk, wecom, feishu, slack)")
+@click.option("--to", "to", default="", help="mail address(es), comma-separated (email)")
+@click.option("--secret", default="", help="signing secret (json, dingtalk, feishu); never shown again")
+@click.option("--events", default="", help=f"comma-separated, default all: {','.join(notify.EVENTS)}")
+def notify_add(project_name: str, kind: str, url: str, to: str, secret: str, events: str) -> None:
+    """Add a notification channel to a project."""
+    project = _run(svc.get_project, project_name)
+    channel = _run(notify.add_channel, project, None, kind, to if kind == "email" else url, secret, events)
+    click.echo(f"channel {channel.id} added: {notify.label(channel)}")
+
+
+@notify_cli.command("list")
+@click.argument("project_name")
+def notify_list(project_name: str) -> None:
+    """List a project's channels (targets masked, secrets never shown)."""
+    project = _run(svc.get_project, project_name)
+    for channel in notify.project_channels(db.session, project):
+        c = notify.channel_json(db.session, channel)
+        events = ",".join(c["events"]) or "all events"
+        last = f"last: {c['last_status']} {c['last_error']}".strip() if c["last_status"] else ""
+        click.echo(f"{c['id']:>4}  {c['kind']:<8} {c['target']:<40} secret:{c['secret'] or '-':<4}  {events}  {last}")
+
+
+@notify_cli.command("remove")
+@click.argument("channel_id", type=int)
+def notify_remove(channel_id: int) -> None:
+    """Remove a channel (its past deliveries stay on the tickets)."""
+    channel = _run(notify.get_channel, channel_id)
+    _run(notify.remove_channel, channel, None)
+    click.echo(f"channel {channel_id} removed")
+
+
+@notify_cli.command("test")
+@click.argument("channel_id", type=int)
+@click.option("--wait", default=30, help="seconds to wait for a worker to deliver it")
+def notify_test(channel_id: int, wait: int) -> None:
+    """Queue a test message to a channel and wait for a worker's result."""
+    import time
+
+    channel = _run(notify.get_channel, channel_id)
+    delivery = _run(notify.send_test, channel, None)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        db.session.refresh(delivery)
+        if delivery.status != "queued":
+            break
+        time.sleep(0.5)
+    if delivery.status == "sent":
+        click.echo(f"test message delivered to {delivery.channel_label}")
+        return
+    if delivery.status == "queued":
+        raise click.ClickException(f"still queued after {wait} s (is a worker running?) {delivery.error}".strip())
+    raise click.ClickException(f"delivery failed: {delivery.error}")
+
+
 def init_app(app: Flask) -> None:
     """Register the CLI groups."""
     app.cli.add_command(user_cli)
     app.cli.add_command(project_cli)
+    app.cli.add_command(notify_cli)
     app.cli.add_command(demo)
     # worker, reconcile, runs and verify live in jobs/cli.py (flask.commands entry points, pyproject.toml).

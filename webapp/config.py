@@ -15,6 +15,9 @@ DEFAULT_RUN_RETENTION = 50  # run directories kept per project
 # the API. Half of the Procfile's `--threads 8`; keep it at most half of gunicorn's --threads.
 DEFAULT_MAX_STREAMS = 4
 DEFAULT_STREAM_SECONDS = 60  # one SSE connection's lifetime; the browser reconnects with Last-Event-ID
+DEFAULT_BASE_URL = "http://127.0.0.1:5000"  # where ticket links in notifications point
+DEFAULT_NOTIFY_BACKOFF = "30,120"  # seconds before the 2nd and 3rd delivery attempt
+DEFAULT_LDAP_USER_FILTER = "(uid={username})"
 
 
 def from_env() -> dict:
@@ -38,6 +41,20 @@ def from_env() -> dict:
         "FERRY_PROXY_HOPS": int(os.environ.get("FERRY_PROXY_HOPS", 0)),  # reverse proxies in front (ProxyFix)
         "FERRY_MAX_STREAMS": int(os.environ.get("FERRY_MAX_STREAMS", DEFAULT_MAX_STREAMS)),
         "FERRY_STREAM_SECONDS": int(os.environ.get("FERRY_STREAM_SECONDS", DEFAULT_STREAM_SECONDS)),
+        "FERRY_BASE_URL": os.environ.get("FERRY_BASE_URL", DEFAULT_BASE_URL),
+        "FERRY_SMTP_URL": os.environ.get("FERRY_SMTP_URL", ""),  # smtp://user:pass@host:587?starttls=1, smtps://…
+        "FERRY_MAIL_FROM": os.environ.get("FERRY_MAIL_FROM", "ferry@localhost"),
+        "FERRY_NOTIFY_TIMEOUT": int(os.environ.get("FERRY_NOTIFY_TIMEOUT", 10)),  # seconds per delivery attempt
+        "FERRY_NOTIFY_TRIES": int(os.environ.get("FERRY_NOTIFY_TRIES", 3)),
+        "FERRY_NOTIFY_BACKOFF": os.environ.get("FERRY_NOTIFY_BACKOFF", DEFAULT_NOTIFY_BACKOFF),
+        "FERRY_LDAP_URL": os.environ.get("FERRY_LDAP_URL", ""),  # empty: company logins off
+        "FERRY_LDAP_BIND_DN": os.environ.get("FERRY_LDAP_BIND_DN", ""),
+        "FERRY_LDAP_BIND_PASSWORD": os.environ.get("FERRY_LDAP_BIND_PASSWORD", ""),
+        "FERRY_LDAP_USER_BASE": os.environ.get("FERRY_LDAP_USER_BASE", ""),
+        "FERRY_LDAP_USER_FILTER": os.environ.get("FERRY_LDAP_USER_FILTER", DEFAULT_LDAP_USER_FILTER),
+        "FERRY_LDAP_USERNAME_ATTR": os.environ.get("FERRY_LDAP_USERNAME_ATTR", "uid"),
+        "FERRY_LDAP_ADMIN_GROUPS": os.environ.get("FERRY_LDAP_ADMIN_GROUPS", ""),  # group DNs separated by ";"
+        "FERRY_LDAP_TIMEOUT": int(os.environ.get("FERRY_LDAP_TIMEOUT", 5)),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": os.environ.get("FERRY_HTTPS", "") == "1",

@@ -42,7 +42,9 @@ class User(UserMixin, db.Model):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
-    password_hash: Mapped[str] = mapped_column(String(255))
+    password_hash: Mapped[str] = mapped_column(String(255))  # "" for company-directory (LDAP) users
+    # "local": Ferry checks the password; "ldap": the company directory does, Ferry stores none.
+    auth_source: Mapped[str] = mapped_column(String(16), default="local", server_default="local")
     is_admin: Mapped[bool] = mapped_column(default=False)
     disabled: Mapped[bool] = mapped_column(default=False)  # no login, no session, no API token works
     # Part of every session cookie (get_id); bumping it ends every session of this user at once.
@@ -69,7 +71,9 @@ class User(UserMixin, db.Model):
         self.password_hash = _hasher.hash(password)
 
     def check_password(self, password: str) -> bool:
-        """Tell whether `password` matches the stored hash."""
+        """Tell whether `password` matches the stored hash (a user without one, e.g. from LDAP, never matches)."""
+        if not self.password_hash:
+            return False
         try:
             return _hasher.verify(self.password_hash, password)
         except VerificationError:
@@ -272,3 +276,37 @@ class HostState(db.Model):
     drift: Mapped[dict] = mapped_column(JSON, default=dict)  # {added, modified, deleted}: lists of paths
     message: Mapped[str] = mapped_column(Text, default="")
     checked_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class NotifyChannel(db.Model):
+    """Where a project's ticket events are sent: a webhook (json, chat robots) or a mail address."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # json | dingtalk | wecom | feishu | slack | email
+    target: Mapped[str] = mapped_column(String(1024))  # webhook URL, or the mail address(es) for email
+    secret: Mapped[str] = mapped_column(String(255), default="")  # write-only: signs messages, never shown
+    events: Mapped[list] = mapped_column(JSON, default=list)  # event names; empty = every event
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("user.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    project: Mapped[Project] = relationship()
+
+
+class Delivery(db.Model):
+    """One notification of one event to one channel, delivered by a job (status queued | sent | failed)."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("ticket.id"), index=True)  # None: a test message
+    channel_id: Mapped[int | None] = mapped_column(ForeignKey("notify_channel.id"), index=True)  # None: removed
+    channel_label: Mapped[str] = mapped_column(String(255), default="")  # kind and masked target, kept after removal
+    event: Mapped[str] = mapped_column(String(32))
+    facts: Mapped[dict] = mapped_column(JSON, default=dict)  # what happened, as the message tells it (no secrets)
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    attempts: Mapped[int] = mapped_column(default=0)
+    error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    attempted_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+
+    channel: Mapped[NotifyChannel | None] = relationship()

@@ -53,6 +53,8 @@ def _check_password(raw: object, field: str) -> None:
 
 def change_password(session: Session, user: User, current: object, new: object) -> None:
     """Set a new password after checking the current one; every session of the user ends."""
+    if user.auth_source == "ldap":
+        raise BadInput("current_password: your password is managed by the company directory", "current_password")
     if not isinstance(current, str) or not user.check_password(current):
         raise BadInput("current_password: wrong password", "current_password")
     _check_password(new, "new_password")

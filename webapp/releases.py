@@ -13,7 +13,7 @@ from flask import current_app
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from . import batches, snapshots, tickets, validation, workflow
+from . import batches, notify, snapshots, tickets, validation, workflow
 from .errors import BadInput, Conflict, Forbidden, NotFound
 from .models import Project, Release, Run, Ticket, TicketEvent, User, utcnow
 from .workflow import Kind, State
@@ -99,6 +99,10 @@ def create_rollback(session: Session, project_name: object, user: User, version:
             user_id=user.id,
             comment=f"roll back to version {version}",
         )
+    )
+    session.flush()
+    notify.on_transition(
+        session, ticket, "request-rollback", None, ticket.state, user, f"roll back to version {version}"
     )
     return ticket
 

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 
+from . import notify
 from .extensions import db
 from .fleet import fleet, is_pending
 from .models import HostState, Project, Release, Run, Ticket, User
@@ -106,6 +107,7 @@ def ticket_json(ticket: Ticket, user: User, brief: bool = False) -> dict:
         }
         for e in ticket.history
     ]
+    data["notifications"] = [notify.delivery_json(d) for d in notify.ticket_deliveries(db.session, ticket)]
     return data
 
 

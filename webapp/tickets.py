@@ -11,7 +11,7 @@ import json
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from . import validation, workflow
+from . import notify, validation, workflow
 from .errors import BadInput, Conflict, NotFound, from_status
 from .fleet import drift_line
 from .models import Project, Run, Ticket, TicketEvent, User, utcnow
@@ -68,9 +68,14 @@ def set_state(
     action: str,
     user: User | None,
     comment: str = "",
+    notify_as: str | None = None,
     **fields: object,
 ) -> None:
-    """Move `ticket` from `expected` to `new` atomically, with a history row, or raise Conflict."""
+    """Move `ticket` from `expected` to `new` atomically, with a history row, or raise Conflict.
+
+    Every transition passes here, so this is also where notifications are recorded (same transaction;
+    enqueued after commit). `notify_as` names the action for notifications when it differs (run_lost).
+    """
     now = utcnow()
     result = session.execute(
         update(Ticket)
@@ -93,6 +98,7 @@ def set_state(
     )
     session.flush()
     session.refresh(ticket)
+    notify.on_transition(session, ticket, notify_as or action, expected.value, new.value, user, comment)
 
 
 def _queue_run(session: Session, ticket: Ticket, stage: str, user: User | None, **fields: object) -> Run:
@@ -256,7 +262,9 @@ def _drift_comment(ticket: Ticket) -> str:
     return "retry overwriting drift on " + "; ".join(drift_line(h, drift[h]) for h in sorted(drift))
 
 
-def fire(session: Session, ticket_id: int, event: str, comment: str = "", **fields: object) -> Ticket:
+def fire(
+    session: Session, ticket_id: int, event: str, comment: str = "", notify_as: str | None = None, **fields: object
+) -> Ticket:
     """Fire a system event on a ticket (jobs, reconciler) through the state machine."""
     ticket = session.get(Ticket, ticket_id)
     if ticket is None:
@@ -267,7 +275,7 @@ def fire(session: Session, ticket_id: int, event: str, comment: str = "", **fiel
         new = workflow.system_transition(event, current)
     except workflow.TransitionError as e:
         raise Conflict(str(e)) from e
-    set_state(session, ticket, current, new, event, None, comment, **fields)
+    set_state(session, ticket, current, new, event, None, comment, notify_as, **fields)
     return ticket
 
 

@@ -11,7 +11,7 @@ from werkzeug.routing import IntegerConverter, ValidationError
 from .. import validation
 from ..errors import BadInput, DomainError, error_response
 from ..extensions import csrf, db
-from . import admin, api, pages, runs
+from . import admin, api, notify, pages, runs
 
 
 def _handle_domain_error(e: DomainError):
@@ -75,6 +75,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(admin.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(runs.bp)
+    app.register_blueprint(notify.bp)
     csrf.exempt(api.bp)  # the API authenticates with bearer tokens, never cookies
     app.register_error_handler(DomainError, _handle_domain_error)
     app.register_error_handler(HTTPException, _handle_http_error)

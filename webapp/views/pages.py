@@ -6,7 +6,7 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask_login import current_user, login_required
 from sqlalchemy import select
 
-from .. import fleet, releases, runs, tickets, workflow
+from .. import fleet, notify, releases, runs, tickets, workflow
 from ..dispatch import dispatch
 from ..extensions import db
 from ..models import Project, Ticket
@@ -121,6 +121,7 @@ def ticket_detail(ticket_id: int):
         editable=State(ticket.state) in workflow.EDITABLE,
         changes=releases.preview(db.session, ticket) if ticket.state in CHANGE_STATES else None,
         drift=tickets.last_drift(ticket) if workflow.RETRY in actions else {},
+        deliveries=[notify.delivery_json(d) for d in notify.ticket_deliveries(db.session, ticket)],
     )
 
 
@@ -162,6 +163,10 @@ def project_detail(name: str):
         can_rollback=current_user.is_admin or current_user.role_in(project) is not None,
         fleet=fleet_json(project),
         can_verify=fleet.can_verify(current_user, project),
+        can_notify=notify.can_manage(current_user, project),
+        channels=[notify.channel_json(db.session, c) for c in notify.project_channels(db.session, project)],
+        notify_kinds=notify.KINDS,
+        notify_events=notify.EVENTS,
     )
 
 
