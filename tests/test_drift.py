@@ -4,6 +4,7 @@ change, and `flask verify` / the hosts API report every host as in_sync, drifted
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -313,6 +314,11 @@ def test_drift_over_ssh_fails_release_verify_reports_unreachable_and_overwrite_h
     assert trees[b]["css/site.css"] == (b"body { color: green; }\n", False) and "shell.php" not in trees[b]
     assert verify(app)[0] == 0
     assert {(r.state, r.version) for r in states(world.project.id).values()} == {("in_sync", 2)}
+
+    # A host whose deploy root is gone (rebuilt) is new, not drifted: the next release gives it everything.
+    shutil.rmtree(s.roots[c])
+    code, out = verify(app)
+    assert code == 1 and (states(world.project.id)[c].state, states(world.project.id)[c].version) == ("new", None)
 
 
 @pytest.mark.parametrize("mode", ["atomic", "inplace"])
