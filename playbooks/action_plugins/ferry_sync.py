@@ -174,7 +174,16 @@ class ActionModule(ActionBase):
                     "changed_files": 0,
                 }
             elif op == "stage":
+                checked = None
+                if _flag(args.get("check_first")) and args.get("live_version") not in (None, ""):
+                    # Atomic mode checks for drift in the same task (staging releases/N changes nothing live, and
+                    # any_errors_fatal stops every host before the switch): one fork and round of events fewer.
+                    checked = self._check(host, root, version, args)
+                    if checked["state"] == "drifted":
+                        return self._check_result(result, host, checked)
                 out = self._stage(host, root, version, args)
+                if checked is not None:
+                    out["check"] = {"state": checked["state"], "version": checked.get("version")}
             elif op == "switch":
                 out = self._switch(host, root, version, args)
             elif op == "prune":
