@@ -9,16 +9,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tests.support.flow import Flow
+from tests.test_ssh_release import make_world  # noqa: F401  (fixture)
 from webapp.extensions import db
 from webapp.models import Project, Run
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def health(world):
-    """Serve /<host>/health: 200 "ok" when the host's live health.txt says ok, else 500 with its text."""
-    roots = world.hosts.roots
+def health_server(roots: dict):
+    """Start a server for /<host>/health: 200 "ok" when the host's live health.txt says ok, else 500 with its text.
+
+    Returns (url template, list of (host, what `current` pointed to) per request, server).
+    """
     seen: list[tuple[str, str]] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -40,7 +42,14 @@ def health(world):
 
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}/{{host}}/health", seen
+    return f"http://127.0.0.1:{srv.server_address[1]}/{{host}}/health", seen, srv
+
+
+@pytest.fixture
+def health(world):
+    """A health server for the world's local hosts."""
+    url, seen, srv = health_server(world.hosts.roots)
+    yield url, seen
     srv.shutdown()
     srv.server_close()
 
@@ -163,3 +172,70 @@ def test_bad_settings_are_refused(flow, world, client):
             svc.update_project(db.session, project, **{field: value})
         assert e.value.field == field
     db.session.rollback()
+
+
+def test_worker_killed_mid_batch_leaves_one_version_and_retry_completes(flow, world, health, app, tmp_path):
+    """SIGKILL while batch 1 (web1 switched) runs its hook: reconciler → switch_back run → all on v1 → retry."""
+    import time
+
+    from jobs.reconcile import reconcile
+    from tests.support.workers import ansible_processes, kill_worker, start_worker, wait_for
+
+    url, _ = health
+    setup(world, url)
+    flow.ship({"health.txt": "ok\n"}, "one")
+    app.config["FERRY_HEARTBEAT_TTL"] = 2
+    project = db.session.get(Project, world.project.id)
+    project.hook_tasks = "hooks/sleep.yml"  # the batch sleeps 30 s after its switch: time to kill the worker
+    db.session.commit()
+    world.svn.commit({"index.html": "two\n"}, "two")
+    tid = flow.staged(reason="two")
+    flow.approve(tid)
+    flow.act(tid, "release")
+    worker = start_worker(app, tmp_path / "worker.log")
+    roots = world.hosts.roots
+    wait_for(lambda: os.readlink(roots["web1"] / "current") == "releases/2", timeout=90, what="web1 switched")
+    kill_worker(worker)
+    assert current(world) == {"web1": "releases/2", "web2": "releases/1", "web3": "releases/1"}  # mixed, for now
+    time.sleep(2.5)
+    assert reconcile()["lost"] == 1
+    assert ansible_processes(str(tmp_path)) == []
+    back = db.session.scalars(db.select(Run).where(Run.ticket_id == tid, Run.stage == "switch_back")).all()
+    assert len(back) == 1
+    project = db.session.get(Project, world.project.id)
+    project.hook_tasks = ""
+    db.session.commit()
+    world.work()  # the switch_back run
+    assert set(current(world).values()) == {"releases/1"}  # one version again: the live one
+    t = flow.get(tid)
+    assert t["state"] == "release_failed" and "every host is back on version 1" in t["last_error"]
+    assert any(h["action"] == "switch-back" for h in t["history"])
+    flow.act(tid, "retry")
+    world.work()
+    t = flow.get(tid)
+    assert t["state"] == "released", t["last_error"]
+    assert set(current(world).values()) == {"releases/2"}
+
+
+@pytest.mark.ssh
+def test_failed_canary_over_ssh_switches_back(make_world, tmp_path):  # noqa: F811
+    """SSH hosts: the canary's failed check puts it back; the other hosts never served the broken version."""
+    sw = make_world()
+    for root in sw.roots.values():
+        root.mkdir(parents=True, exist_ok=True)
+    url, seen, srv = health_server(sw.roots)
+    try:
+        setup(sw.world, url)
+        sw.flow.ship({"health.txt": "ok\n"}, "one")
+        seen.clear()
+        sw.world.svn.commit({"health.txt": "broken\n"}, "two")
+        tid = sw.flow.staged(reason="two")
+        sw.flow.approve(tid)
+        t = sw.flow.release(tid)
+        assert t["state"] == "release_failed" and "status 500" in t["last_error"], t["last_error"]
+        first = sw.names[0]
+        assert {h for h, v in seen if v == "releases/2"} == {first}
+        assert {sw.live(h) for h in sw.names} == {"releases/1"}
+    finally:
+        srv.shutdown()
+        srv.server_close()
