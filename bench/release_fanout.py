@@ -457,6 +457,101 @@ def one_round(ctx: dict, r: int, mode: str) -> None:
 
 
 DRIFT_TASK = "task: Check for drift"
+GRAY_CONFIGS = (  # (label, batches, health check on)
+    ("one batch, no health check", "", False),
+    ("one batch + health check", "", True),
+    ("1,50%,100% + health check", "1,50%,100%", True),
+)
+HEALTH_PORT = 8089
+
+
+@contextlib.contextmanager
+def health_servers(hostset: HostSet, roots: dict[str, Path]) -> Iterator[None]:
+    """Serve each host's live tree over HTTP from inside its own network namespace (its health URL)."""
+    procs = []
+    try:
+        for h in hostset.hosts:
+            (roots[h.name]).mkdir(parents=True, exist_ok=True)
+            procs.append(
+                subprocess.Popen(
+                    [
+                        "ip",
+                        "netns",
+                        "exec",
+                        h.namespace,
+                        sys.executable,
+                        "-m",
+                        "http.server",
+                        str(HEALTH_PORT),
+                        "--bind",
+                        h.ip,
+                        "--directory",
+                        str(roots[h.name] / "current"),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        time.sleep(1.0)
+        yield
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=10)
+
+
+def gray_round(ctx: dict, r: int) -> None:
+    """Atomic one-file releases without and with a health check, and in 3 batches with one (click → released)."""
+    from webapp.extensions import db
+    from webapp.models import Project
+
+    hostset, ferry, svn, tmp = ctx["hostset"], ctx["ferry"], ctx["svn"], ctx["tmp"]
+    names = [h.name for h in hostset.hosts]
+    roots = {n: tmp / "roots" / f"g{r}" / n for n in names}
+    inventory = tmp / "inventory" / f"g{r}.ini"
+    inventory.write_text(inventory_for(hostset, roots))
+    project = ferry.new_project(svn, inventory, "atomic", ctx["forks"])
+    log(f"gray round {r}: full release of {project} (setup, not timed)")
+    tid, _ = ferry.stage(project, [])
+    ferry.release(tid)
+    with health_servers(hostset, roots):
+        for c, (label, spec, checked) in enumerate(GRAY_CONFIGS):
+            row = db.session.scalar(db.select(Project).where(Project.name == project))
+            row.batches = spec
+            row.health_url = f"http://{{address}}:{HEALTH_PORT}/" if checked else ""
+            row.health_interval, row.health_retries = 1, 3
+            db.session.commit()
+            rel = ctx["paths"][(r * 389 + c * 71) % len(ctx["paths"])]
+            data = random.Random(f"gray-{r}-{c}").randbytes((tmp / "tree" / rel).stat().st_size)
+            svn.put(rel, data, tmp)
+            tid, _ = ferry.stage(project, [rel])
+            seconds, _ = ferry.release(tid)
+            ctx["gray"].setdefault(label, []).append(seconds)
+            log(f"  ferry    {label:<28} {seconds:6.2f} s")
+            for n in names:
+                if (roots[n] / "current" / rel).read_bytes() != data:
+                    raise RuntimeError(f"{n}: {rel} is not the released content")
+    run("rm", "-rf", *roots.values())
+
+
+def gray_report(gray: dict) -> dict:
+    """Print the gray-release case: medians, the health check's cost, the extra time per batch."""
+    if not gray:
+        return {}
+    med = {k: statistics.median(v) for k, v in gray.items()}
+    plain, checked, batched = (med.get(label) for label, _, _ in GRAY_CONFIGS)
+    print("\nGray release (atomic, one file changed; click → released, median s):")
+    for label, value in med.items():
+        print(f"  {label:<30} {value:6.2f}  (min {min(gray[label]):.2f}, n={len(gray[label])})")
+    out = {"median": med}
+    if plain is not None and checked is not None:
+        out["health_check_cost"] = round(checked - plain, 3)
+        print(f"  health check with one batch costs {checked - plain:+.2f} s (target <= +0.3 s)")
+    if checked is not None and batched is not None:
+        out["extra_per_batch"] = round((batched - checked) / 2, 3)
+        print(f"  each extra batch costs {(batched - checked) / 2:+.2f} s (3 batches vs 1, both checked)")
+    return out
 
 
 def median_phases(phases: list[dict]) -> dict:
@@ -538,6 +633,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated: inplace,atomic")
     p.add_argument("--cold", action="store_true", help="close Ferry's ssh masters before each release")
     p.add_argument("--quick", action="store_true", help="smoke run: 3 hosts, 500 files, 1 repeat")
+    p.add_argument("--gray", type=int, default=0, help="gray-release rounds (atomic; 3 one-file releases each)")
+    p.add_argument("--gray-only", action="store_true", help="only the gray-release case (implies --gray 2)")
     p.add_argument("--redis-url", default=os.environ.get("FERRY_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"))
     p.add_argument("--out", type=Path, default=None, help="JSON file (default bench/results/fanout-<time>.json)")
     p.add_argument("--workdir", type=Path, default=None, help="scratch dir (default: a new temp dir, removed)")
@@ -612,14 +709,18 @@ def main(argv: list[str] | None = None) -> int:
                     "results": results,
                     "cold": args.cold,
                     "changes": args.changes,
+                    "gray": {},
                 }
                 try:
-                    for r in range(args.repeat):
+                    for r in range(0 if args.gray_only else args.repeat):
                         for mode in args.modes:
                             one_round(ctx, r, mode)
+                    for r in range(args.gray or (2 if args.gray_only else 0)):
+                        gray_round(ctx, r)
                 finally:
                     close_masters(control_dir)
-        summary = report(results, args)
+        summary = report(results, args) if not args.gray_only else {}
+        summary["gray"] = gray_report(ctx["gray"])
         summary.update(
             config={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             machine=versions(),
