@@ -280,3 +280,29 @@ def test_switch_failing_on_one_host_switches_the_others_back(flow_world):
     for name in ("web1", "web3"):
         assert os.readlink(world.hosts.roots[name] / "current") == "releases/1"
     assert db.session.get(Project, world.project.id).live_version == 1
+
+
+def test_inplace_first_release_never_deletes_what_the_web_root_already_holds(flow_world):
+    """Adopting a web root in place: files neither released nor shared are reported, kept, deleted only on overwrite."""
+    flow, world = flow_world
+    project = db.session.get(Project, world.project.id)
+    project.deploy_mode, project.shared_paths = "inplace", ["uploads"]
+    db.session.commit()
+    for root in world.hosts.roots.values():
+        (root / "legacy.php").write_text("<?php // the site before Ferry\n")
+        (root / "uploads").mkdir()
+        (root / "uploads/photo.jpg").write_bytes(b"\xff\xd8")
+    world.svn.commit({"index.html": "<h1>one</h1>\n"}, "one")
+    tid = flow.staged(reason="one")
+    flow.approve(tid)
+    t = flow.release(tid)
+    assert t["state"] == "release_failed" and "legacy.php" in t["last_error"], t["last_error"]
+    for root in world.hosts.roots.values():
+        assert (root / "legacy.php").exists() and not (root / "index.html").exists()  # nothing changed
+    flow.act(tid, "retry", overwrite_drift=True)
+    world.work()
+    t = flow.get(tid)
+    assert t["state"] == "released", t["last_error"]
+    for root in world.hosts.roots.values():
+        assert not (root / "legacy.php").exists() and (root / "index.html").exists()
+        assert (root / "uploads/photo.jpg").read_bytes() == b"\xff\xd8"

@@ -191,7 +191,10 @@ class ActionModule(ActionBase):
             elif op == "revert":
                 out = self._revert(host, root, version, args)
             elif op == "check":
-                return self._check_result(result, host, self._check(host, root, version, args))
+                checked = self._check(host, root, version, args)
+                if _flag(args.get("first_release")) and checked["state"] == "drifted":
+                    checked = _first_release_check(checked)
+                return self._check_result(result, host, checked)
             else:
                 return {
                     **result,
@@ -517,6 +520,27 @@ MAX_NAMED = 8  # files named in a drift message; the result lists them all (capp
 MAX_LISTED = 500
 # Dry run, owner/group and directory times ignored (not content); --delete lists files only the host has.
 CHECK_ARGS = ["-8", "--dry-run", "--no-owner", "--no-group", "--omit-dir-times", *EXCLUDES, "--delete"]
+
+
+def _first_release_check(checked: dict) -> dict:
+    """In-place first release (compared with the release itself): only files it would delete are drift.
+
+    Files the release adds or changes are the release; files only the host has (neither in the release nor
+    shared) would be deleted by rsync --delete: production's data, reported and never deleted silently.
+    """
+    extra = list(checked.get("added") or [])
+    if not extra:
+        return {"state": "new", "version": None, "msg": "first release into this web root: nothing would be deleted"}
+    return {
+        "state": "drifted",
+        "version": None,
+        "added": extra,
+        "modified": [],
+        "deleted": [],
+        "msg": "drift: first release would delete files that are neither in the release nor shared paths: "
+        + ", ".join(extra[:MAX_NAMED])
+        + (f" (+{len(extra) - MAX_NAMED} more)" if len(extra) > MAX_NAMED else ""),
+    }
 
 
 def _flag(value) -> bool:
