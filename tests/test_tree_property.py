@@ -92,7 +92,7 @@ def _stage_and_checkout(base: Path, url: str, version: int) -> tuple[dict, dict]
     return snapshot(export), snapshot(base / "release")
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(first=trees(), second=trees())
 def test_release_tree_equals_versioned_staging_tree(tmp_path_factory, first, second):
     """Stage + release of a random tree, then of a random replacement of it: always equal to `svn export`."""
