@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from . import batches, notify, snapshots, tickets, validation, workflow
 from .errors import BadInput, Conflict, Forbidden, NotFound
 from .models import Project, Release, Run, Ticket, TicketEvent, User, utcnow
+from .stages import RELEASE, STAGING
 from .workflow import Kind, State
 
 
@@ -69,15 +70,15 @@ def create_rollback(session: Session, project_name: object, user: User, version:
         raise BadInput("project: required", "project")
     project = session.scalar(select(Project).where(Project.name == project_name))
     if project is None or not tickets.can_see(user, project):
-        raise NotFound(f"project {project_name!r} not found", "project")
+        raise NotFound("project %(name)r not found", "project", name=project_name)
     if not user.is_admin and user.role_in(project) is None:
         raise Forbidden("you are not a member of this project")
     version = validation.integer(version, "version", minimum=1)  # the API passes ints only, forms digits
     target = get_release(session, project, version)
     if target is None:
-        raise NotFound(f"version {version} of {project.name} not found", "version")
+        raise NotFound("version %(version)s of %(project)s not found", "version", version=version, project=project.name)
     if version == project.live_version:
-        raise Conflict(f"version {version} is already live")
+        raise Conflict("version %(version)s is already live", version=version)
     ticket = Ticket(
         project=project,
         kind=Kind.ROLLBACK.value,
@@ -145,7 +146,7 @@ def preview(session: Session, ticket: Ticket) -> dict:
         runs = session.scalars(
             select(Run).where(
                 Run.project_id == project.id,
-                Run.stage == "staging",
+                Run.stage == STAGING.name,
                 Run.commit.is_not(None),
                 Run.ticket_id != ticket.id,
             )
@@ -159,7 +160,9 @@ def preview(session: Session, ticket: Ticket) -> dict:
                 included.append({"id": other.id, "state": other.state, "reason": other.reason})
         included.sort(key=lambda t: t["id"])
     snapshot_run = session.scalar(
-        select(Run).where(Run.project_id == project.id, Run.stage == "staging", Run.commit == target).order_by(Run.id)
+        select(Run)
+        .where(Run.project_id == project.id, Run.stage == STAGING.name, Run.commit == target)
+        .order_by(Run.id)
     )
     outputs = (snapshot_run.outputs or {}) if snapshot_run else {}
     return {
@@ -310,7 +313,9 @@ def gray_plan(session: Session, ticket: Ticket, run: Run, hosts: list[str]) -> d
     plan = [hosts] if rollback else batches.plan(project.batches, hosts)
     done = 0
     if phase != "full":
-        previous = [r for r in ticket.runs if r.stage == "release" and r.id != run.id and (r.outputs or {}).get("gray")]
+        previous = [
+            r for r in ticket.runs if r.stage == RELEASE.name and r.id != run.id and (r.outputs or {}).get("gray")
+        ]
         if previous:
             gray = previous[-1].outputs["gray"]
             plan, done = gray["plan"], gray["done_before"] + len(gray["this_run"])
@@ -363,7 +368,7 @@ def batches_json(ticket: Ticket, progress: dict | None = None) -> list[dict]:
     From the newest release run with a gray plan; while it runs, `progress` ({host: {status, task}} from the
     live progress hash) moves its batches along.
     """
-    runs = [r for r in ticket.runs if r.stage == "release" and (r.outputs or {}).get("gray")]
+    runs = [r for r in ticket.runs if r.stage == RELEASE.name and (r.outputs or {}).get("gray")]
     if not runs:
         return []
     run = runs[-1]
