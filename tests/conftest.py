@@ -57,6 +57,7 @@ def app(tmp_path):
         # Tests keep one app context open, which Flask reuses for requests: drop what a real request
         # would not inherit (the logged-in user cached in g, rows cached in the session).
         g.pop("_login_user", None)
+        g.pop("_flask_babel", None)  # Flask-Babel's per-request language, zone and catalog
         db.session.expire_all()
 
     redis = Redis.from_url(TEST_REDIS_URL)

@@ -27,7 +27,7 @@ HOSTS = ("web1", "web2", "web3")
 
 def nav(person: Person, link: str) -> None:
     """Follow a navbar link, opening the collapsed menu first on narrow screens."""
-    target = person.page.locator("#nav").get_by_role("link", name=link, exact=True)
+    target = person.page.locator("#nav").get_by_role("link", name=person.t(link), exact=True)
     toggler = person.page.locator(".navbar-toggler")
     if toggler.is_visible():
         toggler.click()
@@ -41,9 +41,12 @@ def file_ticket(dev: Person, reason: str, paths: str) -> str:
     dev.page.select_option("#project", "site")
     dev.page.fill("#reason", reason)
     dev.page.fill("#svn_paths", paths)
-    dev.page.get_by_role("button", name="File ticket").click()
+    dev.page.get_by_role("button", name=dev.t("File ticket")).click()
     dev.page.wait_for_url(re.compile(r".*/tickets/\d+$"))
-    expect(dev.page.locator(".flash")).to_contain_text("filed")
+    number = dev.path.rsplit("/", 1)[1]
+    expect(dev.page.locator(".flash")).to_have_text(
+        dev.t("Ticket #%(id)s filed; staging update queued.") % {"id": number}
+    )
     assert dev.state() == "pending_staging"
     return dev.path
 
@@ -51,7 +54,7 @@ def file_ticket(dev: Person, reason: str, paths: str) -> str:
 def open_waiting(lead: Person, ticket_path: str) -> None:
     """Open the ticket from the lead's "Waiting for me" list."""
     nav(lead, "Waiting for me")
-    expect(lead.page.locator("h1")).to_have_text("Waiting for my approval")
+    expect(lead.page.locator("h1")).to_have_text(lead.t("Waiting for my approval"))
     lead.page.locator("#ticket-table").get_by_role("link", name="#" + ticket_path.rsplit("/", 1)[1], exact=True).click()
     lead.page.wait_for_url(re.compile(re.escape(ticket_path) + "$"))
 
@@ -60,7 +63,7 @@ def release(dev: Person, ticket_path: str, label: str) -> None:
     """Press Release on the ticket page and watch its live log until the run has finished and the ticket is released."""
     dev.goto(ticket_path)
     dev.press("release", "releasing")
-    expect(dev.page.locator("#run-status")).to_contain_text("release run")
+    expect(dev.page.locator("#run-status")).to_have_attribute("data-stage", "release")
     dev.step(f"{label}-releasing")
     dev.wait_for_state(ticket_path, "released")
     followed = [url for kind, url in dev.requests if kind == "eventsource" and "/runs/" in url]
@@ -68,7 +71,8 @@ def release(dev: Person, ticket_path: str, label: str) -> None:
     assert "\x1b[" not in (dev.text_of("#run-log") or ""), "terminal colour codes in the run log"
     for host in HOSTS:
         status = dev.page.locator(f'#host-table tr[data-host="{host}"] .host-status')
-        expect(status).to_have_text(re.compile("^(ok|changed)$"))
+        expect(status).to_have_attribute("data-status", re.compile("^(ok|changed)$"))
+        expect(status).to_have_text(re.compile(f"^({dev.t('ok')}|{dev.t('changed')})$"))
     dev.step(f"{label}-released")
 
 
@@ -187,6 +191,44 @@ def test_browser_walks_the_whole_story(people: People, world) -> None:
     for person in (dev, lead, other):
         assert_clean(person)
     assert not visitor.console_errors and not visitor.foreign_requests()
+
+
+def test_browser_story_in_chinese(people: People, world) -> None:
+    """The story once more in zh-CN: the developer's browser asks for Chinese, the lead chose it in the profile.
+
+    Screenshots under test-artifacts/browser/test_browser_story_in_chinese/ show the Chinese pages (the dev
+    install adds a CJK font so Chromium renders the characters).
+    """
+    dev = people("dev", locale="zh-CN")
+    lead = people("lead")  # an English browser: the profile's choice decides
+    lead.goto("/profile")
+    lead.page.select_option("#language", "zh_CN")
+    lead.page.select_option("#timezone", "Asia/Shanghai")
+    lead.page.locator("#save-preferences").click()
+    lead.language = "zh_CN"
+    expect(lead.page.locator(".flash")).to_have_text("偏好设置已保存。")
+    expect(lead.page.locator("html")).to_have_attribute("lang", "zh-CN")
+    lead.step("profile-chinese")
+
+    ticket = ship(dev, lead, "新的关于页面（灰度前检查）", "about\nindex.html", "zh")
+    expect(dev.page.locator("main .state-badge").first).to_have_text("已发布")
+    expect(dev.page.locator("#ticket-version")).to_have_text("版本 1")
+    history = dev.page.locator("#history")
+    for text in ("时间（UTC）", "提交", "测试通过", "审批通过", "发布成功"):
+        expect(history).to_contain_text(text)
+    lead.goto(ticket)
+    expect(lead.page.locator("#history")).to_contain_text("时间（Asia/Shanghai）")
+    lead.step("ticket-released")
+    nav(dev, "Tickets")
+    expect(dev.page.locator("#ticket-table")).to_contain_text("新的关于页面")
+    expect(dev.page.locator("#ticket-table .state-badge").first).to_have_text("已发布")
+    dev.step("ticket-list")
+    nav(dev, "Projects")
+    dev.page.get_by_role("link", name="site", exact=True).click()
+    expect(dev.page.locator('#releases tr[data-version="1"]')).to_contain_text("线上")
+    dev.step("project-page")
+    for person in (dev, lead):
+        assert_clean(person)
 
 
 @pytest.mark.parametrize("device", ["laptop", "phone"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import auth, cli, config, instance, notify, views
+from . import auth, cli, config, i18n, instance, notify, views
 from .extensions import csrf, db, login_manager, migrate
 
 
@@ -25,6 +25,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     login_manager.init_app(app)
     csrf.init_app(app)
     auth.init_app(app)
+    i18n.init_app(app)
     notify.init_app(app)
     views.init_app(app)
     cli.init_app(app)

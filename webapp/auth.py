@@ -8,10 +8,12 @@ from functools import wraps
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, flash, g, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from flask_babel import refresh as refresh_language
 from flask_login import current_user, login_required, login_user, logout_user
 from sqlalchemy import select
 
-from . import directory, projects, throttle, validation
+from . import directory, i18n, projects, throttle, validation
 from .errors import BadInput, error_response
 from .extensions import db, login_manager
 from .models import ApiToken, User, spend_password_check, utcnow
@@ -89,7 +91,7 @@ def login():
         username = request.form.get("username", "")
         # Counted before the password check, atomically: parallel requests cannot get more checks than the limit.
         if not throttle.attempt(username, request.remote_addr or ""):
-            flash("Too many failed logins; wait a few minutes and try again.", "danger")
+            flash(_("Too many failed logins; wait a few minutes and try again."), "danger")
             return render_template("login.html"), 429
         user = db.session.scalar(select(User).where(User.username == username))
         password = request.form.get("password", "")
@@ -99,7 +101,7 @@ def login():
             try:
                 user = _directory_login(username, password)
             except directory.DirectoryUnreachable:
-                flash("Company directory unreachable; try again later (local accounts can still log in).", "danger")
+                flash(_("Company directory unreachable; try again later (local accounts can still log in)."), "danger")
                 return render_template("login.html"), 503
         else:
             spend_password_check(password)  # same cost as a real check: timing does not reveal user names
@@ -107,11 +109,11 @@ def login():
         if user is not None:
             throttle.reset(username, request.remote_addr or "")
             if user.disabled:  # said only to whoever knows the password
-                flash("This account is disabled; ask an administrator.", "danger")
+                flash(_("This account is disabled; ask an administrator."), "danger")
                 return render_template("login.html"), 403
             login_user(user)
             return redirect(safe_next(request.args.get("next", "")) or url_for("pages.index"))
-        flash("Unknown user or wrong password.", "danger")
+        flash(_("Unknown user or wrong password."), "danger")
         return render_template("login.html"), 401
     return render_template("login.html")
 
@@ -133,7 +135,7 @@ def logout():
     current_user.end_sessions()
     db.session.commit()
     logout_user()
-    flash("Logged out (on every device).", "success")
+    flash(_("Logged out (on every device)."), "success")
     return redirect(url_for("auth.login"))
 
 
@@ -147,20 +149,27 @@ def profile():
         if op == "revoke":
             for t in db.session.scalars(select(ApiToken).where(ApiToken.user_id == current_user.id)):
                 t.revoked_at = t.revoked_at or utcnow()
-            flash("All your API tokens are revoked.", "success")
+            flash(_("All your API tokens are revoked."), "success")
         elif op == "logout-everywhere":
             current_user.end_sessions()
             db.session.commit()
             logout_user()
-            flash("Every session of yours has ended, this one too.", "success")
+            flash(_("Every session of yours has ended, this one too."), "success")
             return redirect(url_for("auth.login"), code=303)
         elif op == "password":
             return _change_password()
+        elif op == "preferences":
+            current_user.language = i18n.check_language(request.form.get("language"))
+            current_user.timezone = i18n.check_timezone(request.form.get("timezone"))
+            db.session.commit()
+            refresh_language()  # the message below is in the language just chosen
+            flash(_("Preferences saved."), "success")
+            return redirect(url_for("auth.profile"), code=303)
         else:
             token = issue_token(current_user)
         db.session.commit()
     tokens = db.session.scalars(select(ApiToken).where(ApiToken.user_id == current_user.id)).all()
-    return render_template("profile.html", token=token, tokens=tokens)
+    return render_template("profile.html", token=token, tokens=tokens, timezones=sorted(i18n.available_zones()))
 
 
 def _change_password():
@@ -168,13 +177,15 @@ def _change_password():
     user = current_user._get_current_object()
     addr = request.remote_addr or ""
     if not throttle.attempt(user.username, addr):  # counted before the check, as for logins
-        flash("Too many wrong passwords; wait a few minutes and try again.", "danger")
-        return render_template("profile.html", token=None, tokens=_tokens()), 429
+        flash(_("Too many wrong passwords; wait a few minutes and try again."), "danger")
+        return render_template(
+            "profile.html", token=None, tokens=_tokens(), timezones=sorted(i18n.available_zones())
+        ), 429
     projects.change_password(db.session, user, request.form.get("current_password"), request.form.get("new_password"))
     db.session.commit()
     throttle.reset(user.username, addr)
     login_user(user)  # this session carries the new generation
-    flash("Password changed; every other session has ended.", "success")
+    flash(_("Password changed; every other session has ended."), "success")
     return redirect(url_for("auth.profile"), code=303)
 
 

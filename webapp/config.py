@@ -55,6 +55,8 @@ def from_env() -> dict:
         "FERRY_LDAP_USERNAME_ATTR": os.environ.get("FERRY_LDAP_USERNAME_ATTR", "uid"),
         "FERRY_LDAP_ADMIN_GROUPS": os.environ.get("FERRY_LDAP_ADMIN_GROUPS", ""),  # group DNs separated by ";"
         "FERRY_LDAP_TIMEOUT": int(os.environ.get("FERRY_LDAP_TIMEOUT", 5)),
+        # Time zone of dates on pages for users who chose none in their profile (an IANA name, e.g. Asia/Shanghai).
+        "FERRY_TIMEZONE": os.environ.get("FERRY_TIMEZONE", "UTC"),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": os.environ.get("FERRY_HTTPS", "") == "1",

@@ -132,8 +132,9 @@ def sync_user(session: Session, found: DirectoryUser) -> User | None:
     try:
         username = validation.name(found.username.lower(), "username")
     except BadInput as e:
-        message = f"username: the directory name {found.username!r} cannot be a Ferry user name"
-        raise BadInput(message, "username") from e
+        raise BadInput(
+            "username: the directory name %(name)r cannot be a Ferry user name", "username", name=found.username
+        ) from e
     user = session.scalar(select(User).where(User.username == username))
     if user is None:
         user = User(username=username, password_hash="", auth_source="ldap", is_admin=found.is_admin)

@@ -10,9 +10,15 @@ class DomainError(Exception):
 
     status = 400
 
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
+    def __init__(self, message: str, field: str | None = None, /, **params: object) -> None:
+        # `message` is an English template ("%(name)s" placeholders, "%%" for a percent sign when params are
+        # given): the API answers with it filled in; pages look the template up in the message catalog
+        # (webapp/i18n.py). scripts/translations extracts these calls by class name, so tests/test_i18n.py sees
+        # any that lacks a translation.
+        self.template = message
+        self.params = params
+        self.message = message % params if params else message
+        super().__init__(self.message)
         self.field = field
 
 
@@ -40,10 +46,10 @@ class Conflict(DomainError):
     status = 409
 
 
-def from_status(message: str, status: int) -> DomainError:
-    """Build the domain error that matches an HTTP status."""
+def from_status(message: str, status: int, /, **params: object) -> DomainError:
+    """Build the domain error that matches an HTTP status (`message` a template as for DomainError)."""
     cls = {403: Forbidden, 404: NotFound, 409: Conflict}.get(status, BadInput)
-    return cls(message)
+    return cls(message, **params)
 
 
 def error_response(message: str, status: int):

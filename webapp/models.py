@@ -49,6 +49,10 @@ class User(UserMixin, db.Model):
     disabled: Mapped[bool] = mapped_column(default=False)  # no login, no session, no API token works
     # Part of every session cookie (get_id); bumping it ends every session of this user at once.
     session_generation: Mapped[int] = mapped_column(default=0)
+    # Page language ("" = the browser's Accept-Language, "en", "zh_CN") and time zone ("" = FERRY_TIMEZONE,
+    # else an IANA name); both chosen on the profile page (webapp/i18n.py).
+    language: Mapped[str] = mapped_column(String(16), default="", server_default="")
+    timezone: Mapped[str] = mapped_column(String(64), default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     memberships: Mapped[list[Membership]] = relationship(back_populates="user", cascade="all, delete-orphan")

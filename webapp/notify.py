@@ -187,16 +187,23 @@ def parse_events(raw: object) -> list[str]:
     events = sorted({e.strip() for e in items if e.strip()})
     unknown = [e for e in events if e not in EVENTS]
     if unknown:
-        raise BadInput(f"events: unknown {', '.join(unknown)} (known: {', '.join(EVENTS)})", "events")
+        raise BadInput(
+            "events: unknown %(unknown)s (known: %(known)s)",
+            "events",
+            unknown=", ".join(unknown),
+            known=", ".join(EVENTS),
+        )
     return [] if set(events) == set(EVENTS) else events
 
 
 def check_target(kind: object, target: object) -> tuple[str, str]:
     """Return (kind, target) when the target fits the kind: an http(s) URL, or mail addresses for email."""
     if kind not in KINDS:
-        raise BadInput(f"kind: one of {', '.join(KINDS)}", "kind")
+        raise BadInput("kind: one of %(kinds)s", "kind", kinds=", ".join(KINDS))
     if not isinstance(target, str) or not target.strip():
-        raise BadInput("to: a mail address" if kind == "email" else "url: required", "to" if kind == "email" else "url")
+        if kind == "email":
+            raise BadInput("to: a mail address", "to")
+        raise BadInput("url: required", "url")
     target = validation.plain_text(target.strip(), "to" if kind == "email" else "url", single_line=True)
     if kind == "email":
         addresses = [a.strip() for a in target.split(",") if a.strip()]
@@ -244,7 +251,7 @@ def get_channel(session: Session, channel_id: int, project: Project | None = Non
     """Return a channel (of `project`, when given) or raise NotFound."""
     channel = session.get(NotifyChannel, channel_id)
     if channel is None or (project is not None and channel.project_id != project.id):
-        raise NotFound(f"channel {channel_id} not found")
+        raise NotFound("channel %(id)s not found", id=channel_id)
     return channel
 
 

@@ -35,7 +35,7 @@ def create_user(session: Session, username: str, password: str, is_admin: bool =
     validation.name(username, "username")
     _check_password(password, "password")
     if session.scalar(select(User).where(User.username == username)):
-        raise Conflict(f"user {username!r} already exists", "username")
+        raise Conflict("user %(name)r already exists", "username", name=username)
     user = User(username=username, is_admin=is_admin)
     user.set_password(password)
     session.add(user)
@@ -46,9 +46,9 @@ def create_user(session: Session, username: str, password: str, is_admin: bool =
 def _check_password(raw: object, field: str) -> None:
     """Refuse a password that is too short or absurdly long."""
     if not isinstance(raw, str) or len(raw) < 8:
-        raise BadInput(f"{field}: at least 8 characters", field)
+        raise BadInput("%(field)s: at least 8 characters", field, field=field)
     if len(raw) > MAX_PASSWORD:
-        raise BadInput(f"{field}: at most {MAX_PASSWORD} characters", field)
+        raise BadInput("%(field)s: at most %(n)s characters", field, field=field, n=MAX_PASSWORD)
 
 
 def change_password(session: Session, user: User, current: object, new: object) -> None:
@@ -88,13 +88,16 @@ def _inventory_file(value: str) -> Path:
     raw = Path(value)
     path = (raw if raw.is_absolute() else root / raw).resolve()
     if not path.is_relative_to(root) or path == root:
-        raise BadInput(f"inventory: {value!r} is outside the inventory directory {root}", "inventory")
+        raise BadInput(
+            "inventory: %(value)r is outside the inventory directory %(root)s", "inventory", value=value, root=str(root)
+        )
     if not path.is_file():
-        raise BadInput(f"inventory: no such file {path} in the inventory directory", "inventory")
+        raise BadInput("inventory: no such file %(path)s in the inventory directory", "inventory", path=str(path))
     if path.stat().st_mode & 0o111:
         raise BadInput(
-            f"inventory: {value!r} is executable (Ansible would run it as a script); only static files are allowed",
+            "inventory: %(value)r is executable (Ansible would run it as a script); only static files are allowed",
             "inventory",
+            value=value,
         )
     return path
 
@@ -150,11 +153,11 @@ def _check_settings(values: dict) -> dict:
     ):
         if field in values:
             if not isinstance(values[field], str):
-                raise BadInput(f"{field}: must be a string", field)
+                raise BadInput("%(field)s: must be a string", field, field=field)
             values[field] = validation.plain_text(values[field], field, single_line=True).strip()
     for field in ("svn_url", "staging_dir", "inventory", "group"):
         if field in values and not values[field]:
-            raise BadInput(f"{field}: required", field)
+            raise BadInput("%(field)s: required", field, field=field)
     if "svn_url" in values and not str(values["svn_url"]).startswith(
         ("file://", "svn://", "http://", "https://", "svn+ssh://")
     ):
@@ -184,7 +187,7 @@ def _check_gray(values: dict) -> None:
         try:
             values["batches"] = batches.normalise(values["batches"])
         except batches.BatchSpecError as e:
-            raise BadInput(f"batches: {e} (e.g. 1,50%,100%)", "batches") from e
+            raise BadInput("batches: %(error)s (e.g. 1,50%%,100%%)", "batches", error=str(e)) from e
     if "batch_pause" in values and values["batch_pause"] not in BATCH_PAUSES:
         raise BadInput("batch_pause: auto or manual", "batch_pause")
     url = values.get("health_url")
@@ -218,9 +221,12 @@ def _playbook_file(value: str, folder: str, field: str) -> str:
     choices = _choices(folder)
     if wanted not in choices:
         raise BadInput(
-            f"{field}: {value!r} is not a task file in playbooks/{folder}/ (choose one of: "
-            f"{', '.join(choices) or 'none there'})",
+            "%(field)s: %(value)r is not a task file in playbooks/%(folder)s/ (choose one of: %(choices)s)",
             field,
+            field=field,
+            value=value,
+            folder=folder,
+            choices=", ".join(choices) or "none there",
         )
     return wanted
 
@@ -229,7 +235,7 @@ def create_project(session: Session, name: str, **settings: object) -> Project:
     """Create a project; a taken name is a Conflict."""
     validation.name(name)
     if session.scalar(select(Project).where(Project.name == name)):
-        raise Conflict(f"project {name!r} already exists", "name")
+        raise Conflict("project %(name)r already exists", "name", name=name)
     settings = {k: v for k, v in settings.items() if v is not None}
     # The default stage timeout is the deployment's (FERRY_STAGE_TIMEOUT), not a number of the code's.
     settings.setdefault("stage_timeout", current_app.config["FERRY_STAGE_TIMEOUT"])
@@ -251,7 +257,7 @@ def get_project(session: Session, name: str) -> Project:
     """Return a project by name or raise NotFound."""
     project = session.scalar(select(Project).where(Project.name == name))
     if project is None:
-        raise NotFound(f"project {name!r} not found", "project")
+        raise NotFound("project %(name)r not found", "project", name=name)
     return project
 
 
@@ -259,7 +265,7 @@ def get_user(session: Session, username: str) -> User:
     """Return a user by name or raise NotFound."""
     user = session.scalar(select(User).where(User.username == username))
     if user is None:
-        raise NotFound(f"user {username!r} not found", "user")
+        raise NotFound("user %(name)r not found", "user", name=username)
     return user
 
 

@@ -23,7 +23,7 @@ def get_run(session: Session, run_id: int, user: User) -> Run:
     """Return a run visible to `user` or raise NotFound."""
     run = session.get(Run, run_id)
     if run is None or not tickets.can_see(user, run.ticket.project):
-        raise NotFound(f"run {run_id} not found")
+        raise NotFound("run %(id)s not found", id=run_id)
     return run
 
 
@@ -43,7 +43,9 @@ def cancel(session: Session, run: Run, user: User) -> None:
     if not may_cancel(run, user):
         raise Forbidden("only who started the run or a lead of the project may cancel it")
     if run.status not in ACTIVE:
-        raise Conflict(f"run {run.id} is {run.status}; only queued or running runs can be cancelled")
+        raise Conflict(
+            "run %(id)s is %(status)s; only queued or running runs can be cancelled", id=run.id, status=run.status
+        )
     if run.status == "queued":
         done = session.execute(
             update(Run)

@@ -56,7 +56,7 @@ def get_ticket(session: Session, ticket_id: int, user: User) -> Ticket:
     """Return a ticket visible to `user` or raise NotFound."""
     ticket = session.get(Ticket, ticket_id)
     if ticket is None or not can_see(user, ticket.project):
-        raise NotFound(f"ticket {ticket_id} not found")
+        raise NotFound("ticket %(id)s not found", id=ticket_id)
     return ticket
 
 
@@ -84,7 +84,7 @@ def set_state(
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
-        raise Conflict(f"ticket {ticket.id} changed meanwhile; reload and try again")
+        raise Conflict("ticket %(id)s changed meanwhile; reload and try again", id=ticket.id)
     session.add(
         TicketEvent(
             ticket_id=ticket.id,
@@ -117,7 +117,7 @@ def create_ticket(
         raise BadInput("project: required", "project")
     project = session.scalar(select(Project).where(Project.name == project_name))
     if project is None or not can_see(user, project):
-        raise NotFound(f"project {project_name!r} not found", "project")
+        raise NotFound("project %(name)r not found", "project", name=project_name)
     if not user.is_admin and user.role_in(project) is None:
         raise from_status("you are not a member of this project", 403)
     ticket = Ticket(
@@ -144,7 +144,7 @@ def act(session: Session, ticket: Ticket, user: User, action: str, data: dict | 
     try:
         new = workflow.transition(f, a, action)
     except workflow.TransitionError as e:
-        raise from_status(str(e), e.status) from e
+        raise from_status(e.template, e.status, **e.params) from e
     comment = validation.comment(data.get("comment"))
     fields: dict[str, object] = {}
     changes: list[str] = []
@@ -205,7 +205,7 @@ def check_no_paused_release(session: Session, ticket: Ticket) -> None:
         )
     )
     if paused is not None:
-        raise Conflict(f"ticket #{paused} is paused between gray-release batches: continue or abort it first")
+        raise Conflict("ticket #%(id)s is paused between gray-release batches: continue or abort it first", id=paused)
 
 
 def content_changes(ticket: Ticket, fields: dict[str, object]) -> list[str]:
@@ -268,13 +268,13 @@ def fire(
     """Fire a system event on a ticket (jobs, reconciler) through the state machine."""
     ticket = session.get(Ticket, ticket_id)
     if ticket is None:
-        raise NotFound(f"ticket {ticket_id} not found")
+        raise NotFound("ticket %(id)s not found", id=ticket_id)
     session.refresh(ticket)
     current = State(ticket.state)
     try:
         new = workflow.system_transition(event, current)
     except workflow.TransitionError as e:
-        raise Conflict(str(e)) from e
+        raise Conflict(e.template, **e.params) from e
     set_state(session, ticket, current, new, event, None, comment, notify_as, **fields)
     return ticket
 
@@ -282,4 +282,9 @@ def fire(
 def check_expected_state(ticket: Ticket, expected: object) -> None:
     """Refuse a stale form: the state the user saw must still be the ticket's state."""
     if expected and expected != ticket.state:
-        raise Conflict(f"ticket {ticket.id} is now {ticket.state}, not {expected}; reload the page")
+        raise Conflict(
+            "ticket %(id)s is now %(state)s, not %(expected)s; reload the page",
+            id=ticket.id,
+            state=ticket.state,
+            expected=str(expected),
+        )

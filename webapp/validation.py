@@ -29,9 +29,13 @@ def integer(raw: object, field: str, minimum: int = 0, maximum: int = MAX_INT) -
     elif isinstance(raw, int) and not isinstance(raw, bool):
         value = raw
     else:
-        raise BadInput(f"{field}: must be a whole number from {minimum} to {maximum}", field)
+        raise BadInput(
+            "%(field)s: must be a whole number from %(low)s to %(high)s", field, field=field, low=minimum, high=maximum
+        )
     if not minimum <= value <= maximum:
-        raise BadInput(f"{field}: must be a whole number from {minimum} to {maximum}", field)
+        raise BadInput(
+            "%(field)s: must be a whole number from %(low)s to %(high)s", field, field=field, low=minimum, high=maximum
+        )
     return value
 
 
@@ -43,28 +47,30 @@ def plain_text(raw: str, field: str, single_line: bool = False) -> str:
     text = raw.replace("\r\n", "\n")
     bad = (_CONTROL_OR_LINE if single_line else _CONTROL).search(text)
     if bad:
-        raise BadInput(f"{field}: control character U+{ord(bad.group()):04X} is not allowed", field)
+        raise BadInput(
+            "%(field)s: control character U+%(code)04X is not allowed", field, field=field, code=ord(bad.group())
+        )
     return text
 
 
 def svn_path(raw: object, field: str = "svn_paths") -> str:
     """Return a clean relative SVN path ("." for the whole tree) or raise BadInput naming `field`."""
     if not isinstance(raw, str):
-        raise BadInput(f"{field}: each path must be a string", field)
+        raise BadInput("%(field)s: each path must be a string", field, field=field)
     path = raw.strip().strip("/") if raw.strip() not in ("", "/") else "."
     if len(path) > MAX_PATH_LEN:
-        raise BadInput(f"{field}: path too long", field)
+        raise BadInput("%(field)s: path too long", field, field=field)
     if raw.strip().startswith("/"):
-        raise BadInput(f"{field}: {raw!r} must be relative to the working copy", field)
+        raise BadInput("%(field)s: %(path)r must be relative to the working copy", field, field=field, path=raw)
     if not _PATH_CHARS.fullmatch(path):
-        raise BadInput(f"{field}: {raw!r} contains characters that are not allowed", field)
+        raise BadInput("%(field)s: %(path)r contains characters that are not allowed", field, field=field, path=raw)
     parts = path.split("/")
     if any(p == ".." for p in parts):
-        raise BadInput(f"{field}: {raw!r} may not contain '..'", field)
+        raise BadInput("%(field)s: %(path)r may not contain '..'", field, field=field, path=raw)
     if any(p.startswith("-") for p in parts):
-        raise BadInput(f"{field}: {raw!r} may not start with '-'", field)
+        raise BadInput("%(field)s: %(path)r may not start with '-'", field, field=field, path=raw)
     if any(p == "" for p in parts):
-        raise BadInput(f"{field}: {raw!r} has an empty segment", field)
+        raise BadInput("%(field)s: %(path)r has an empty segment", field, field=field, path=raw)
     return path
 
 
@@ -75,9 +81,9 @@ def _path_list(raw: object, field: str) -> list:
     if isinstance(raw, str):
         raw = [line for line in raw.splitlines() if line.strip()]
     if not isinstance(raw, list):
-        raise BadInput(f"{field}: must be a list of strings", field)
+        raise BadInput("%(field)s: must be a list of strings", field, field=field)
     if len(raw) > MAX_PATHS:
-        raise BadInput(f"{field}: at most {MAX_PATHS} paths", field)
+        raise BadInput("%(field)s: at most %(n)s paths", field, field=field, n=MAX_PATHS)
     return raw
 
 
@@ -97,12 +103,19 @@ def shared_paths(raw: object) -> list[str]:
     """Return a project's shared paths: each a file or directory inside the release, never the whole tree."""
     clean: list[str] = []
     for item in _path_list(raw, "shared_paths"):
-        if isinstance(item, str) and item.strip() in ("", ".", "/", "./"):
-            what = "an empty entry" if not item.strip() else repr(item)
-            raise BadInput(f"shared_paths: {what} would share the whole release; name a path inside it", "shared_paths")
+        if isinstance(item, str) and not item.strip():
+            raise BadInput(
+                "shared_paths: an empty entry would share the whole release; name a path inside it", "shared_paths"
+            )
+        if isinstance(item, str) and item.strip() in (".", "/", "./"):
+            raise BadInput(
+                "shared_paths: %(path)r would share the whole release; name a path inside it", "shared_paths", path=item
+            )
         p = svn_path(item, "shared_paths")
         if "." in p.split("/"):
-            raise BadInput(f"shared_paths: {item!r} must name a path inside the release, without '.'", "shared_paths")
+            raise BadInput(
+                "shared_paths: %(path)r must name a path inside the release, without '.'", "shared_paths", path=item
+            )
         if p not in clean:
             clean.append(p)
     return clean
@@ -118,9 +131,9 @@ def svn_revision(raw: object) -> int | None:
 def reason(raw: object, field: str = "reason") -> str:
     """Return a non-empty reason text of bounded length, without control characters."""
     if not isinstance(raw, str) or not raw.strip():
-        raise BadInput(f"{field}: required", field)
+        raise BadInput("%(field)s: required", field, field=field)
     if len(raw) > MAX_REASON:
-        raise BadInput(f"{field}: at most {MAX_REASON} characters", field)
+        raise BadInput("%(field)s: at most %(n)s characters", field, field=field, n=MAX_REASON)
     return plain_text(raw, field).strip()
 
 
@@ -131,12 +144,12 @@ def comment(raw: object) -> str:
     if not isinstance(raw, str):
         raise BadInput("comment: must be a string", "comment")
     if len(raw) > MAX_REASON:
-        raise BadInput(f"comment: at most {MAX_REASON} characters", "comment")
+        raise BadInput("comment: at most %(n)s characters", "comment", n=MAX_REASON)
     return plain_text(raw, "comment").strip()
 
 
 def name(raw: object, field: str = "name") -> str:
     """Return a lowercase identifier used for users and projects."""
     if not isinstance(raw, str) or not _NAME.fullmatch(raw):
-        raise BadInput(f"{field}: use 1-64 lowercase letters, digits, '-' or '_'", field)
+        raise BadInput("%(field)s: use 1-64 lowercase letters, digits, '-' or '_'", field, field=field)
     return raw

@@ -144,8 +144,11 @@ class Actor:
 class TransitionError(Exception):
     """An action that is not allowed; `status` is the HTTP code that fits it."""
 
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, status: int, /, **params: object) -> None:
+        # An English template and its parameters, as for webapp.errors.DomainError (pages translate it).
+        self.template = message
+        self.params = params
+        super().__init__(message % params if params else message)
         self.status = status
 
 
@@ -160,19 +163,19 @@ def target_state(kind: Kind, action: str, state: State, requires_approval: bool 
 def check_permission(ticket: TicketFacts, actor: Actor, action: str) -> None:
     """Raise TransitionError(403) unless `actor` may fire `action` on this ticket at all."""
     if action not in USER_ACTIONS:
-        raise TransitionError(f"unknown action {action!r}", 404)
+        raise TransitionError("unknown action %(action)r", 404, action=action)
     if actor.is_admin:
         return  # admins act as leads everywhere; self-approval by an admin is recorded as an override
     if actor.role is None:
         raise TransitionError("you are not a member of this project", 403)
     if action in LEAD_ACTIONS:
         if actor.role is not Role.LEAD:
-            raise TransitionError(f"only a lead of the project may {action}", 403)
+            raise TransitionError("only a lead of the project may %(action)s", 403, action=action)
         if ticket.is_own(actor.user_id) and not ticket.allow_self_approval:
             raise TransitionError("you cannot approve or reject your own ticket (you filed, changed or tested it)", 403)
         return
     if actor.role is not Role.LEAD and ticket.author_id != actor.user_id:
-        raise TransitionError(f"only the ticket's author or a lead may {action}", 403)
+        raise TransitionError("only the ticket's author or a lead may %(action)s", 403, action=action)
 
 
 def transition(ticket: TicketFacts, actor: Actor, action: str) -> State:
@@ -180,7 +183,13 @@ def transition(ticket: TicketFacts, actor: Actor, action: str) -> State:
     check_permission(ticket, actor, action)
     to = target_state(ticket.kind, action, ticket.state, ticket.requires_approval)
     if to is None:
-        raise TransitionError(f"cannot {action} a {ticket.kind} ticket in state {ticket.state}", 409)
+        raise TransitionError(
+            "cannot %(action)s a %(kind)s ticket in state %(state)s",
+            409,
+            action=action,
+            kind=str(ticket.kind),
+            state=str(ticket.state),
+        )
     return to
 
 
@@ -200,7 +209,7 @@ def system_transition(event: str, state: State) -> State:
     """Return the new state for a system event, or raise TransitionError(409)."""
     to = _SYSTEM_TABLE.get((event, state))
     if to is None:
-        raise TransitionError(f"event {event} does not apply in state {state}", 409)
+        raise TransitionError("event %(event)s does not apply in state %(state)s", 409, event=event, state=str(state))
     return to
 
 

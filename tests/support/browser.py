@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from babel import Locale
+from babel.support import Translations
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from tests.conftest import PASSWORD, World
@@ -183,6 +185,11 @@ class Screenshots:
         return path
 
 
+def _catalog(language: str) -> Translations:
+    """Return the app's compiled message catalog for `language` (e.g. "zh_CN"), as Flask-Babel loads it."""
+    return Translations.load(str(REPO_ROOT / "webapp" / "translations"), [Locale.parse(language)])
+
+
 @dataclass
 class Person:
     """One user in their own browser context: logs in through the form and records what the page did."""
@@ -195,6 +202,13 @@ class Person:
     shots: Screenshots
     console_errors: list[str] = field(default_factory=list)
     requests: list[tuple[str, str]] = field(default_factory=list)  # (resource type, url) of every request
+    language: str = "en"  # the language this person's pages are in (browser locale or profile choice)
+
+    def t(self, message: str) -> str:
+        """Return `message` as this person's pages show it (the app's own catalog), to find buttons and links."""
+        if self.language == "en":
+            return message
+        return _catalog(self.language).gettext(message)
 
     @property
     def path(self) -> str:
@@ -217,7 +231,7 @@ class Person:
         self.goto("/login")
         self.page.fill("#username", self.name)
         self.page.fill("#password", PASSWORD)
-        self.page.get_by_role("button", name="Log in").click()
+        self.page.get_by_role("button", name=self.t("Log in")).click()
         self.page.wait_for_url(re.compile(r".*/tickets$"))
         self.check()
 
@@ -312,15 +326,20 @@ class People:
     shots: Screenshots
     people: list[Person] = field(default_factory=list)
 
-    def __call__(self, name: str, device: str = "laptop", login: bool = True) -> Person:
-        """Open a fresh context for user `name` on a device of DEVICES, logged in unless told not to."""
-        context = self.browser.new_context(**DEVICES[device])
+    def __call__(self, name: str, device: str = "laptop", login: bool = True, locale: str | None = None) -> Person:
+        """Open a fresh context for user `name` on a device of DEVICES, logged in unless told not to.
+
+        `locale` (e.g. "zh-CN") is the browser's language: its Accept-Language header, so Ferry's pages follow it.
+        """
+        context = self.browser.new_context(**DEVICES[device], **({"locale": locale} if locale else {}))
         context.set_default_timeout(TIMEOUT_MS)
         # A trace (DOM snapshots, network, console per action) is kept only when the test fails: open it with
         # `playwright show-trace test-artifacts/browser/<test>/trace-<name>-<device>.zip`.
         context.tracing.start(screenshots=True, snapshots=True)
         page = context.new_page()
         person = Person(name=name, device=device, server=self.server, context=context, page=page, shots=self.shots)
+        if locale and not locale.startswith("en"):
+            person.language = locale.replace("-", "_")
         errors = person.console_errors
         page.on("console", lambda m: m.type == "error" and errors.append(f"{m.location['url']}: {m.text}"))
         page.on("pageerror", lambda e: errors.append(f"{page.url}: uncaught {e}"))

@@ -5,24 +5,26 @@ from __future__ import annotations
 import json
 
 from flask import Flask, flash, jsonify, redirect, render_template, request
+from flask_babel import gettext
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import IntegerConverter, ValidationError
 
-from .. import validation
+from .. import i18n, validation
 from ..errors import BadInput, DomainError, error_response
 from ..extensions import csrf, db
 from . import admin, api, notify, pages, runs
 
 
 def _handle_domain_error(e: DomainError):
-    """Render a domain error: JSON for the API, a flash and a redirect back for pages."""
+    """Render a domain error: English JSON for the API; for pages a flash in the page's language and a redirect back."""
     db.session.rollback()
     if request.path.startswith("/api/"):
         return error_response(e.message, e.status)
-    flash(e.message, "danger")
+    message = i18n.translate_error(e)  # the catalog's text of the error's template, with its parameters
+    flash(message, "danger")
     if request.method == "POST" and request.referrer:
         return redirect(request.referrer, code=303)
-    return render_template("error.html", message=e.message), e.status
+    return render_template("error.html", message=message), e.status
 
 
 def _handle_http_error(e: HTTPException):
@@ -40,7 +42,7 @@ def _handle_500(e: Exception):
     db.session.rollback()
     if request.path.startswith("/api/"):
         return jsonify(error="internal error"), 500
-    return render_template("error.html", message="Internal error"), 500
+    return render_template("error.html", message=gettext("Internal error")), 500
 
 
 def _security_headers(response):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import wraps
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 from flask_login import current_user, login_required
 from sqlalchemy import select
 
@@ -75,7 +76,8 @@ def users():
         disable = request.form["op"] == "disable"
         svc.set_disabled(db.session, user, disable, by=current_user)
         db.session.commit()
-        flash(f"User {user.username} {'disabled: every session ended' if disable else 'enabled'}.", "success")
+        message = _("User %(name)s disabled: every session ended.") if disable else _("User %(name)s enabled.")
+        flash(message % {"name": user.username}, "success")
         return redirect(url_for("admin.users"), code=303)
     if request.method == "POST":
         svc.create_user(
@@ -85,7 +87,7 @@ def users():
             request.form.get("is_admin") == "on",
         )
         db.session.commit()
-        flash("User created.", "success")
+        flash(_("User created."), "success")
         return redirect(url_for("admin.users"), code=303)
     return render_template("admin_users.html", users=db.session.scalars(select(User).order_by(User.username)).all())
 
@@ -97,7 +99,7 @@ def projects():
     if request.method == "POST":
         project = svc.create_project(db.session, request.form.get("name", ""), **project_settings(request.form))
         db.session.commit()
-        flash(f"Project {project.name} created.", "success")
+        flash(_("Project %(name)s created.", name=project.name), "success")
         return redirect(url_for("admin.project_edit", name=project.name), code=303)
     rows = db.session.scalars(select(Project).order_by(Project.name)).all()
     return render_template("admin_projects.html", projects=rows, **form_choices())
@@ -113,10 +115,10 @@ def project_edit(name: str):
             user = svc.get_user(db.session, request.form.get("username", ""))
             role = request.form.get("role") or None
             svc.set_member(db.session, project, user, None if role == "none" else role)
-            flash(f"Membership of {user.username} updated.", "success")
+            flash(_("Membership of %(name)s updated.", name=user.username), "success")
         else:
             svc.update_project(db.session, project, **project_settings(request.form))
-            flash("Settings saved.", "success")
+            flash(_("Settings saved."), "success")
         db.session.commit()
         return redirect(url_for("admin.project_edit", name=name), code=303)
     users = db.session.scalars(select(User).order_by(User.username)).all()

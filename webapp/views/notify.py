@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, abort, flash, redirect, request, url_for
+from flask_babel import gettext as _
 from flask_login import current_user, login_required
 from sqlalchemy import select
 
@@ -46,7 +47,7 @@ def add(name: str):
         form.getlist("events"),
     )
     db.session.commit()
-    flash(f"Notification channel {channel.id} added ({notify.label(channel)}).", "success")
+    flash(_("Notification channel %(id)s added (%(target)s).", id=channel.id, target=notify.label(channel)), "success")
     return _back(project)
 
 
@@ -58,7 +59,7 @@ def remove(name: str, channel_id: int):
     channel = notify.get_channel(db.session, channel_id, project)
     notify.remove_channel(db.session, channel, current_user)
     db.session.commit()
-    flash(f"Notification channel {channel_id} removed.", "success")
+    flash(_("Notification channel %(id)s removed.", id=channel_id), "success")
     return _back(project)
 
 
@@ -70,5 +71,5 @@ def test(name: str, channel_id: int):
     channel = notify.get_channel(db.session, channel_id, project)
     notify.send_test(db.session, channel, current_user)
     db.session.commit()
-    flash("Test message queued: reload to see whether it was delivered.", "info")
+    flash(_("Test message queued: reload to see whether it was delivered."), "info")
     return _back(project)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from flask_login import current_user, login_required
 from sqlalchemy import select
 
 from .. import fleet, notify, releases, runs, tickets, workflow
 from ..dispatch import dispatch
 from ..extensions import db
+from ..i18n import label
 from ..models import Project, Ticket
 from ..releases import batches_json
 from ..runs import progress
@@ -25,16 +28,16 @@ def _live_progress(ticket) -> dict | None:
 
 
 ACTION_LABELS = {
-    workflow.RETURN: ("Return for changes", "warning"),
-    workflow.RESUBMIT: ("Resubmit", "primary"),
-    workflow.TEST_PASSED: ("Test passed", "success"),
-    workflow.APPROVE: ("Approve", "success"),
-    workflow.REJECT: ("Reject", "danger"),
-    workflow.RELEASE: ("Release", "primary"),
-    workflow.RETRY: ("Retry failed hosts", "primary"),
-    workflow.CONTINUE: ("Continue: next batch", "primary"),
-    workflow.ABORT: ("Abort: every host back", "danger"),
-    workflow.CANCEL: ("Cancel ticket", "outline-secondary"),
+    workflow.RETURN: (_l("Return for changes"), "warning"),
+    workflow.RESUBMIT: (_l("Resubmit"), "primary"),
+    workflow.TEST_PASSED: (_l("Test passed"), "success"),
+    workflow.APPROVE: (_l("Approve"), "success"),
+    workflow.REJECT: (_l("Reject"), "danger"),
+    workflow.RELEASE: (_l("Release"), "primary"),
+    workflow.RETRY: (_l("Retry failed hosts"), "primary"),
+    workflow.CONTINUE: (_l("Continue: next batch"), "primary"),
+    workflow.ABORT: (_l("Abort: every host back"), "danger"),
+    workflow.CANCEL: (_l("Cancel ticket"), "outline-secondary"),
 }
 
 
@@ -97,7 +100,7 @@ def new_ticket():
         )
         db.session.commit()
         dispatch(run)
-        flash(f"Ticket #{ticket.id} filed; staging update queued.", "success")
+        flash(_("Ticket #%(id)s filed; staging update queued.", id=ticket.id), "success")
         return redirect(url_for("pages.ticket_detail", ticket_id=ticket.id), code=303)
     return render_template("ticket_new.html", projects=projects, selected=request.args.get("project", ""))
 
@@ -138,7 +141,15 @@ def ticket_action(ticket_id: int, action: str):
     run = tickets.act(db.session, ticket, current_user, action, data)
     db.session.commit()
     dispatch(run)
-    flash(f"{ACTION_LABELS[action][0]}: ticket #{ticket.id} is now {ticket.state}.", "success")
+    flash(
+        _(
+            "%(action)s: ticket #%(id)s is now %(state)s.",
+            action=ACTION_LABELS[action][0],
+            id=ticket.id,
+            state=label(ticket.state),
+        ),
+        "success",
+    )
     return redirect(url_for("pages.ticket_detail", ticket_id=ticket.id), code=303)
 
 
@@ -180,7 +191,9 @@ def verify_hosts(name: str):
     if not fleet.can_verify(current_user, project):
         abort(403)
     queued = fleet.request_verify(project)
-    flash("Verify queued: reload to see the result." if queued else "A verify is already queued or running.", "info")
+    flash(
+        _("Verify queued: reload to see the result.") if queued else _("A verify is already queued or running."), "info"
+    )
     return redirect(url_for("pages.project_detail", name=project.name), code=303)
 
 
@@ -192,5 +205,12 @@ def request_rollback(name: str):
         db.session, name, current_user, request.form.get("version"), request.form.get("reason")
     )
     db.session.commit()
-    flash(f"Rollback ticket #{ticket.id} to version {ticket.version} filed; a lead must approve it.", "success")
+    flash(
+        _(
+            "Rollback ticket #%(id)s to version %(version)s filed; a lead must approve it.",
+            id=ticket.id,
+            version=ticket.version,
+        ),
+        "success",
+    )
     return redirect(url_for("pages.ticket_detail", ticket_id=ticket.id), code=303)

@@ -14,6 +14,7 @@ import threading
 import time
 
 from flask import Blueprint, Response, current_app, flash, jsonify, redirect, request, stream_with_context, url_for
+from flask_babel import gettext as _
 from flask_login import current_user, login_required
 from redis.exceptions import RedisError
 
@@ -155,5 +156,5 @@ def cancel(run_id: int):
     run = runs.get_run(db.session, run_id, current_user)
     runs.cancel(db.session, run, current_user)
     db.session.commit()
-    flash(f"Cancel requested for run #{run.id}.", "warning")
+    flash(_("Cancel requested for run #%(id)s.", id=run.id), "warning")
     return redirect(url_for("pages.ticket_detail", ticket_id=run.ticket_id), code=303)
