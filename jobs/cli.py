@@ -1,4 +1,4 @@
-"""`flask` commands that drive the pipeline: the worker, the reconciler, runs (list, show, replay).
+"""`flask` commands that drive the pipeline: the worker, the reconciler, drain, runs (list, show, replay).
 
 They reach `flask --app webapp …` through the `flask.commands` entry points in pyproject.toml (Flask loads
 them for any app), so the web app never imports `jobs`: imports go one way, jobs → webapp.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 
 import click
+from flask import current_app
 from flask.cli import AppGroup, with_appcontext
-from rq import Worker
 from sqlalchemy import select
 
 from webapp.dispatch import queue
@@ -21,33 +21,92 @@ from webapp.models import Project, Run
 from webapp.projects import get_project as find_project
 from webapp.serialize import replay_command
 
+from .pools import PoolWorker, active_runs, drained_pools, known_pools, pool_workers, queued_jobs, set_drained
 from .reconcile import reconcile
 from .replay import replay
 from .verify import VerifyError, all_in_sync, verify_project
 
 
+def _pools(names: tuple[str, ...]) -> list[str]:
+    """Return the pools given with --queue, or the default pool (FERRY_QUEUE)."""
+    return sorted(set(names)) or [current_app.config["FERRY_QUEUE"]]
+
+
+QUEUE_OPTION = click.option(
+    "--queue", "queues", multiple=True, help="worker pool (RQ queue) to serve; repeatable (default: FERRY_QUEUE)"
+)
+
+
 @click.command("worker")
 @with_appcontext
 @click.option("--burst", is_flag=True, help="stop when the queue is empty")
-def worker(burst: bool) -> None:
-    """Run an RQ worker for Ferry's queue (reconciles lost runs first)."""
-    click.echo(f"reconciled: {reconcile()}")
+@QUEUE_OPTION
+def worker(burst: bool, queues: tuple[str, ...]) -> None:
+    """Run an RQ worker for one or more worker pools (reconciles their lost runs first)."""
+    pools = _pools(queues)
+    click.echo(f"reconciled: {reconcile(pools)}")
     conn = redis_connection()
     # The scheduler moves notification retries waiting for their back-off back onto the queue.
-    Worker([queue(conn)], connection=conn).work(burst=burst, with_scheduler=True)
+    PoolWorker([queue(conn, pool) for pool in pools], connection=conn).work(burst=burst, with_scheduler=True)
 
 
 @click.command("reconcile")
 @with_appcontext
 @click.option("--every", type=int, default=0, help="repeat every N seconds (0: once)")
-def reconcile_cmd(every: int) -> None:
-    """Find runs whose worker is gone, fail them, and re-enqueue runs that never reached the queue."""
+@QUEUE_OPTION
+def reconcile_cmd(every: int, queues: tuple[str, ...]) -> None:
+    """Fail lost runs of the pools' projects and re-enqueue their runs that never reached the queue.
+
+    Leftover ansible-playbook processes are stopped only on this machine (FERRY_HOSTNAME or the hostname).
+    """
+    pools = _pools(queues)
     while True:
-        click.echo(reconcile())
+        click.echo(reconcile(pools))
         db.session.remove()  # next round reads fresh rows
         if not every:
             return
         time.sleep(every)
+
+
+@click.command("drain")
+@with_appcontext
+@click.option("--queue", "queues", multiple=True, help="only this pool; repeatable (default: every pool)")
+@click.option("--status", "status_only", is_flag=True, help="only show what still runs; change nothing")
+def drain_cmd(queues: tuple[str, ...], status_only: bool) -> None:
+    """Stop the pools' workers from taking new jobs (running stages finish), e.g. before an upgrade.
+
+    Exit 0 when nothing of those pools runs any more, 1 while runs are still going.
+    """
+    redis = redis_connection()
+    pools = sorted(set(queues)) or known_pools(redis, current_app.config["FERRY_QUEUE"])
+    if not status_only:
+        set_drained(redis, pools, True)
+    drained = drained_pools(redis, pools)
+    waiting = queued_jobs(redis, pools)
+    for pool in pools:
+        click.echo(f"pool {pool}: {'drained' if pool in drained else 'open'}, {waiting[pool]} job(s) waiting")
+    for w in pool_workers(redis, pools):
+        job = w.get_current_job_id() or "-"
+        click.echo(f"  worker {w.name} ({w.hostname}) on {','.join(w.queue_names())}: {w.get_state()}, job {job}")
+    running = active_runs(pools)
+    for run in running:
+        click.echo(
+            f"  run #{run.id} {run.stage} of {run.project.name} (ticket #{run.ticket_id}) on {run.worker or '?'}"
+        )
+    click.echo(f"{len(running)} run(s) still running" if running else "nothing running: safe to stop the workers")
+    if running:
+        raise SystemExit(1)
+
+
+@click.command("undrain")
+@with_appcontext
+@click.option("--queue", "queues", multiple=True, help="only this pool; repeatable (default: every pool)")
+def undrain_cmd(queues: tuple[str, ...]) -> None:
+    """Let the pools' workers take jobs again."""
+    redis = redis_connection()
+    pools = sorted(set(queues)) or known_pools(redis, current_app.config["FERRY_QUEUE"])
+    set_drained(redis, pools, False)
+    click.echo(f"undrained: {', '.join(pools)}")
 
 
 runs_cli = AppGroup("runs", help="Inspect and replay pipeline runs.")
@@ -79,6 +138,7 @@ def runs_show(run_id: int) -> None:
         f"run #{run.id}: {run.stage} of ticket #{run.ticket_id} ({run.project.name}) — {run.status}, rc {run.rc}"
     )
     click.echo(f"started {run.started_at} finished {run.finished_at} version {run.version or '-'}")
+    click.echo(f"worker machine: {run.worker or '-'} (pool {run.project.queue})")
     for h in run.hosts:
         click.echo(f"  {h.host:<20} {h.status:<12} {h.message[:200]}")
     if run.error:

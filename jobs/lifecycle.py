@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import threading
 from pathlib import Path
 
@@ -42,6 +43,11 @@ def heartbeat_ttl() -> int:
     return int(current_app.config.get("FERRY_HEARTBEAT_TTL", 45))
 
 
+def this_machine() -> str:
+    """Return the name this machine's workers record on the runs they claim (FERRY_HOSTNAME or the hostname)."""
+    return current_app.config.get("FERRY_HOSTNAME") or socket.gethostname()
+
+
 class RunContext:
     """A claimed run: keeps its heartbeat and lock alive and collects its log."""
 
@@ -61,6 +67,7 @@ class RunContext:
         self.run.status = "running"
         self.run.started_at = utcnow()
         self.run.heartbeat_at = self.run.started_at
+        self.run.worker = this_machine()  # its run dir and processes live here; only this machine can stop them
         db.session.commit()
         self.redis.delete(log_stream_key(self.run_id), progress_key(self.run_id))
         self.redis.set(heartbeat_key(self.run_id), "1", ex=self.ttl)

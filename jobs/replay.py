@@ -11,7 +11,7 @@ from webapp.stages import stage
 
 from . import runner
 from .inventory import group_hosts
-from .lifecycle import RunContext, run_dir_for
+from .lifecycle import RunContext, run_dir_for, this_machine
 
 
 def replay(run_id: int, limit: str | None = None, user_id: int | None = None) -> Run:
@@ -19,6 +19,10 @@ def replay(run_id: int, limit: str | None = None, user_id: int | None = None) ->
     original = db.session.get(Run, run_id)
     if original is None:
         raise LookupError(f"run {run_id} not found")
+    if original.worker and original.worker != this_machine():
+        raise LookupError(
+            f"run {run_id} ran on {original.worker}: its run directory is there, replay it on that machine"
+        )
     if not original.run_dir or not Path(original.run_dir).is_dir():
         raise LookupError(f"run {run_id} has no run directory left (pruned or never started)")
     new = Run(

@@ -181,6 +181,24 @@ def _kill_tree(pid: int) -> None:
             pass
 
 
+def playbook_run_ids(runs_root: Path) -> set[int]:
+    """Return the ids of the run dirs under `runs_root` that a live ansible-playbook on this machine runs from."""
+    marker = f"{Path(runs_root).absolute()}/".encode()
+    ids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    cmd = fh.read()
+            except OSError:
+                continue
+            if b"ansible-playbook" in cmd and marker in cmd:
+                rest = cmd.split(marker, 1)[1].split(b"/", 1)[0]
+                if rest.isdigit():
+                    ids.add(int(rest))
+    return ids
+
+
 def stop_orphans(run_dir: Path, grace: float = 5.0) -> int:
     """Stop ansible-playbook processes of `run_dir` that outlived their worker; return how many were found.
 

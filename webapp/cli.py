@@ -83,6 +83,7 @@ def _setting_options(create: bool):
         click.option("--keep", "keep_releases", type=int, default=d(DEFAULT_KEEP_RELEASES), help="releases kept"),
         click.option("--forks", type=int, default=d(DEFAULT_FORKS), help="hosts synced in parallel"),
         click.option("--timeout", "stage_timeout", type=int, default=None, help="stage time limit, s"),
+        click.option("--queue", default=None, help="worker pool whose machines run its stages (default: FERRY_QUEUE)"),
         click.option("--shared", "shared_paths", multiple=True, help="path kept across releases (repeatable)"),
         click.option("--hook", "hook_tasks", default=d(""), help="task file in playbooks/hooks/ run after the switch"),
         click.option("--batches", default=d(""), help="gray release batches, e.g. 1,50%,100% (empty: all at once)"),

@@ -34,6 +34,7 @@ def from_env() -> dict:
         "FERRY_INVENTORY_DIR": Path(os.environ.get("FERRY_INVENTORY_DIR", REPO_ROOT / "inventory")).resolve(),
         "FERRY_PLAYBOOK_DIR": Path(os.environ.get("FERRY_PLAYBOOK_DIR", REPO_ROOT / "playbooks")).resolve(),
         "FERRY_QUEUE": os.environ.get("FERRY_QUEUE", "ferry"),
+        "FERRY_HOSTNAME": os.environ.get("FERRY_HOSTNAME", ""),  # a worker machine's name on runs (default: hostname)
         "FERRY_STAGE_TIMEOUT": int(os.environ.get("FERRY_STAGE_TIMEOUT", DEFAULT_STAGE_TIMEOUT)),
         "FERRY_RUN_RETENTION": int(os.environ.get("FERRY_RUN_RETENTION", DEFAULT_RUN_RETENTION)),
         "FERRY_HEARTBEAT_TTL": int(os.environ.get("FERRY_HEARTBEAT_TTL", 45)),

@@ -36,7 +36,10 @@ def request_verify(project: Project, checksum: bool = False) -> bool:
     ttl = project.stage_timeout + JOB_TIMEOUT_MARGIN
     if not redis.set(pending_key(project.id), "queued", nx=True, ex=ttl):
         return False
-    queue(redis).enqueue("jobs.verify.verify_job", project.id, checksum, job_timeout=ttl, result_ttl=3600)
+    # On the project's pool: verify compares hosts with the release repository on those machines.
+    queue(redis, project.queue).enqueue(
+        "jobs.verify.verify_job", project.id, checksum, job_timeout=ttl, result_ttl=3600
+    )
     return True
 
 

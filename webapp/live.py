@@ -26,6 +26,11 @@ def log_stream_key(run_id: int) -> str:
     return f"ferry:run:{run_id}:log"
 
 
+def drain_key(pool: str) -> str:
+    """Return the Redis key that tells a worker pool's workers to take no new job (`flask drain`)."""
+    return f"ferry:drain:{pool}"
+
+
 def progress_key(run_id: int) -> str:
     """Return the Redis hash holding each host's progress in a live run."""
     return f"ferry:run:{run_id}:hosts"

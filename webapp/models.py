@@ -138,6 +138,9 @@ class Project(db.Model):
     health_interval: Mapped[int] = mapped_column(default=2)
     health_playbook: Mapped[str] = mapped_column(String(1024), default="")  # checks/<name>.yml instead of the URL
     staging_commit: Mapped[str | None] = mapped_column(String(40))  # the snapshot staging serves now
+    # The worker pool (RQ queue) whose machines run the project's stages and hold its data; created
+    # projects get FERRY_QUEUE.
+    queue: Mapped[str] = mapped_column(String(64), default="ferry", server_default="ferry")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     memberships: Mapped[list[Membership]] = relationship(back_populates="project", cascade="all, delete-orphan")
@@ -248,6 +251,7 @@ class Run(db.Model):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
+    worker: Mapped[str] = mapped_column(String(255), default="", server_default="")  # host that claimed it
 
     ticket: Mapped[Ticket] = relationship(back_populates="runs")
     project: Mapped[Project] = relationship()

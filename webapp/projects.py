@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from . import batches, validation
 from .errors import BadInput, Conflict, NotFound
-from .models import Membership, Project, User
+from .models import Membership, Project, Run, User
 from .workflow import Role
 
 DEPLOY_MODES = ("atomic", "inplace")
@@ -28,6 +28,7 @@ NUMBER_SETTINGS = {
 CHECK_DIR = "checks"  # health check task files live in playbooks/checks/
 BATCH_PAUSES = ("auto", "manual")
 _GROUP = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+_QUEUE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # a worker pool: a plain RQ queue name
 
 
 def create_user(session: Session, username: str, password: str, is_admin: bool = False) -> User:
@@ -170,6 +171,8 @@ def _check_settings(values: dict) -> dict:
         raise BadInput("group: an inventory group name (letters, digits, '_', '-', '.'), not a pattern", "group")
     if values.get("hook_tasks"):
         values["hook_tasks"] = hook_file(values["hook_tasks"])
+    if "queue" in values and (not isinstance(values["queue"], str) or not _QUEUE.fullmatch(values["queue"])):
+        raise BadInput("queue: a worker pool name (letters, digits, '_', '-', '.'; at most 64)", "queue")
     if "deploy_mode" in values and values["deploy_mode"] not in DEPLOY_MODES:
         raise BadInput("deploy_mode: atomic or inplace", "deploy_mode")
     for field, (low, high) in NUMBER_SETTINGS.items():
@@ -239,6 +242,7 @@ def create_project(session: Session, name: str, **settings: object) -> Project:
     settings = {k: v for k, v in settings.items() if v is not None}
     # The default stage timeout is the deployment's (FERRY_STAGE_TIMEOUT), not a number of the code's.
     settings.setdefault("stage_timeout", current_app.config["FERRY_STAGE_TIMEOUT"])
+    settings.setdefault("queue", current_app.config["FERRY_QUEUE"])  # the default worker pool
     project = Project(name=name, **_check_settings(dict(settings)))
     session.add(project)
     session.flush()
@@ -246,8 +250,14 @@ def create_project(session: Session, name: str, **settings: object) -> Project:
 
 
 def update_project(session: Session, project: Project, **settings: object) -> Project:
-    """Change a project's settings."""
-    for key, value in _check_settings(dict(settings)).items():
+    """Change a project's settings; the worker pool only while none of its runs is queued or running."""
+    values = _check_settings(dict(settings))
+    if values.get("queue", project.queue) != project.queue and session.scalar(
+        select(Run.id).where(Run.project_id == project.id, Run.status.in_(("queued", "running"))).limit(1)
+    ):
+        # A queued run sits on the old pool's queue and would run where the project's data no longer is.
+        raise Conflict("queue: the project has queued or running runs; move it when they are done", "queue")
+    for key, value in values.items():
         setattr(project, key, value)
     session.flush()
     return project

@@ -31,12 +31,16 @@ def worker_env(app, **extra: str) -> dict:
     return env
 
 
-def start_worker(app, log: Path, burst: bool = False) -> subprocess.Popen:
-    """Start `flask worker` in its own session (so a test can kill its whole group)."""
+def start_worker(app, log: Path, burst: bool = False, queues: tuple[str, ...] = (), **env: str) -> subprocess.Popen:
+    """Start `flask worker` in its own session (so a test can kill its whole group).
+
+    `queues`: the worker pools it serves (default: FERRY_QUEUE); `env`: e.g. its own FERRY_DATA_DIR, FERRY_HOSTNAME.
+    """
     argv = [str(Path(sys.executable).parent / "flask"), "--app", "webapp", "worker"] + (["--burst"] if burst else [])
+    argv += [arg for name in queues for arg in ("--queue", name)]
     with log.open("ab") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
-            argv, cwd=REPO, env=worker_env(app), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            argv, cwd=REPO, env=worker_env(app, **env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
 
 

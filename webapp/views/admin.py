@@ -59,6 +59,7 @@ def project_settings(form) -> dict:
         "health_retries": _int(form, "health_retries", 3),
         "health_interval": _int(form, "health_interval", 2),
         "health_playbook": form.get("health_playbook", "").strip(),
+        "queue": form.get("queue", "").strip() or current_app.config["FERRY_QUEUE"],
     }
 
 
