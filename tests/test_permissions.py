@@ -438,8 +438,8 @@ def test_filing_rollback_and_release_list_matrix(app, client, world):
             if r.status_code != want:
                 wrong.append(f"{role} lists releases of {project}: got {r.status_code}, want {want}")
             elif project == "site" and want == 200:
-                assert [v["version"] for v in r.get_json()] == [2, 1]
-                assert [v["live"] for v in r.get_json()] == [True, False]
+                assert [v["version"] for v in r.get_json()["items"]] == [2, 1]
+                assert [v["live"] for v in r.get_json()["items"]] == [True, False]
         r = client.get("/api/projects/nope/releases", headers=headers(world, role))
         if r.status_code != (401 if role in NO_VALID_TOKEN else 404):
             wrong.append(f"{role} lists releases of an unknown project: got {r.status_code}")
@@ -581,9 +581,9 @@ def test_users_see_only_their_projects(app, client, world):
     for user, (projects, tickets) in sees.items():
         h = world.headers(user)
         assert {p["name"] for p in client.get("/api/projects", headers=h).get_json()} == projects, user
-        assert {t["id"] for t in client.get("/api/tickets", headers=h).get_json()} == tickets, user
+        assert {t["id"] for t in client.get("/api/tickets", headers=h).get_json()["items"]} == tickets, user
         for name in ("site", "elsewhere"):
-            listed = client.get(f"/api/tickets?project={name}", headers=h).get_json()
+            listed = client.get(f"/api/tickets?project={name}", headers=h).get_json()["items"]
             assert {t["project"] for t in listed} == ({name} if name in projects else set()), (user, name)
         c = login(app, user)
         page = c.get("/projects").get_data(as_text=True)

@@ -36,7 +36,7 @@ def test_release_three_versions_then_roll_back_to_v1(flow, world, client):
         # Unchanged files are hard links to the previous release.
         assert os.stat(root / "releases/3/css/site.css").st_ino == os.stat(root / "releases/2/css/site.css").st_ino
 
-    history = client.get("/api/projects/site/releases", headers=world.headers("dev")).get_json()
+    history = client.get("/api/projects/site/releases", headers=world.headers("dev")).get_json()["items"]
     assert [r["version"] for r in history] == [3, 2, 1]
     assert history[0]["live"] and set(history[0]["hosts"]) == {"web1", "web2", "web3"}
 
@@ -57,7 +57,7 @@ def test_release_three_versions_then_roll_back_to_v1(flow, world, client):
         assert current_version(root) == 1
         assert tree_of(world.hosts.live_tree(h)) == v1_trees[h]
         assert (root / "releases/3").is_dir()  # not deleted at once
-    history = client.get("/api/projects/site/releases", headers=world.headers("dev")).get_json()
+    history = client.get("/api/projects/site/releases", headers=world.headers("dev")).get_json()["items"]
     assert [(r["version"], r["live"], r["bad"]) for r in history] == [
         (3, False, True),
         (2, False, False),

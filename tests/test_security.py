@@ -312,7 +312,10 @@ def test_no_built_in_secret_key_one_is_generated_in_a_private_instance_folder(tm
         svc.create_user(db.session, "root", PASSWORD, is_admin=True)
         db.session.commit()
     assert stat.S_IMODE(database.stat().st_mode) == 0o600
-    assert sorted(p.name for p in instance.iterdir()) == ["ferry.sqlite3", "secret_key"]
+    # WAL mode: the write-ahead log and its index sit beside the database, with its mode.
+    files = ["ferry.sqlite3", "ferry.sqlite3-shm", "ferry.sqlite3-wal", "secret_key"]
+    assert sorted(p.name for p in instance.iterdir()) == files
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in instance.iterdir()), files
 
     # A real admin session, re-signed with the old built-in key, opens nothing; as issued it does.
     c = first.test_client()

@@ -168,7 +168,7 @@ def test_full_cycle_atomic_release_and_rollback_byte_for_byte(make_world, tmp_pa
     for name in s.names:
         assert s.live(name) == "releases/1"
         assert tree_of(s.roots[name] / "current") == want1
-    history = flow.client.get("/api/projects/site/releases", headers=world.headers("dev")).get_json()
+    history = flow.client.get("/api/projects/site/releases", headers=world.headers("dev")).get_json()["items"]
     assert [(r["version"], r["live"], r["bad"]) for r in history] == [(2, False, True), (1, True, False)]
 
     # keep_releases=2: v3 goes live and v1 leaves releases/ at once; its files go in the background.

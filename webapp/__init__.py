@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import auth, cli, config, i18n, instance, notify, views
+from . import auth, cli, config, database, i18n, instance, notify, views
 from .extensions import csrf, db, login_manager, migrate
 
 
@@ -21,6 +21,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     if hops:  # trust X-Forwarded-For/-Proto from exactly that many proxies; without proxies a client could forge them
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
     db.init_app(app)
+    database.init_app(app)  # SQLite: WAL + busy timeout on every connection
     migrate.init_app(app, db, directory=str(config.REPO_ROOT / "migrations"))
     login_manager.init_app(app)
     csrf.init_app(app)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import re
 import secrets
+from datetime import timedelta
 from functools import wraps
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, flash, g, redirect, render_template, request, url_for
+from flask import Blueprint, Flask, current_app, flash, g, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_babel import refresh as refresh_language
 from flask_login import current_user, login_required, login_user, logout_user
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import directory, i18n, projects, throttle, validation
 from .errors import BadInput, error_response
@@ -21,6 +23,7 @@ from .models import ApiToken, User, spend_password_check, utcnow
 bp = Blueprint("auth", __name__)
 
 
+TOKEN_USE_RESOLUTION = timedelta(minutes=1)  # API token use is recorded at most this often per token
 _SESSION_ID = re.compile(r"([0-9]{1,10}):([0-9]{1,10})")  # User.get_id(): "<id>:<session generation>"
 
 
@@ -56,8 +59,31 @@ def user_for_token(header: str | None) -> User | None:
     )
     if row is None or row.user.disabled:
         return None
-    row.last_used_at = utcnow()
+    record_token_use(row)
     return row.user
+
+
+def record_token_use(row: ApiToken) -> None:
+    """Record when a token was used, at most once a minute, outside the request's own transaction.
+
+    A read must not write on the request path: the update runs on its own short connection, only when the
+    stored time is older than TOKEN_USE_RESOLUTION (compare-and-set, so parallel calls write it once), and a
+    busy database only costs the record, never the request.
+    """
+    now = utcnow()
+    if row.last_used_at is not None and now - row.last_used_at < TOKEN_USE_RESOLUTION:
+        return
+    stale = now - TOKEN_USE_RESOLUTION
+    try:
+        with db.engine.begin() as conn:
+            conn.execute(
+                update(ApiToken)
+                .where(ApiToken.id == row.id)
+                .where(or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at < stale))
+                .values(last_used_at=now)
+            )
+    except SQLAlchemyError:
+        current_app.logger.warning("could not record the use of API token %s", row.id)
 
 
 def safe_next(target: str) -> str | None:

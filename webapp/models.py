@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from argon2 import PasswordHasher
 from argon2.exceptions import VerificationError
 from flask_login import UserMixin
-from sqlalchemy import JSON, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .config import DEFAULT_FORKS, DEFAULT_KEEP_RELEASES, DEFAULT_STAGE_TIMEOUT
@@ -162,6 +162,13 @@ class Membership(db.Model):
 class Ticket(db.Model):
     """A release or rollback request and where it stands."""
 
+    # The ticket lists are keyset pages, newest first (webapp/listing.py): each filter gets an index that
+    # ends in id, so "WHERE <filter> AND id < :cursor ORDER BY id DESC LIMIT n" reads n index entries.
+    __table_args__ = (
+        Index("ix_ticket_project_state_id", "project_id", "state", "id"),
+        Index("ix_ticket_state_id", "state", "id"),
+        Index("ix_ticket_author_id_id", "author_id", "id"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("project.id"), index=True)
     kind: Mapped[str] = mapped_column(String(16), default=Kind.RELEASE.value)
@@ -230,6 +237,7 @@ class Release(db.Model):
 class Run(db.Model):
     """One execution of a pipeline stage (staging update or release) for a ticket."""
 
+    __table_args__ = (Index("ix_run_project_id_id", "project_id", "id"),)  # GET /api/runs?project=, newest first
     id: Mapped[int] = mapped_column(primary_key=True)
     ticket_id: Mapped[int] = mapped_column(ForeignKey("ticket.id"), index=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("project.id"), index=True)

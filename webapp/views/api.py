@@ -5,12 +5,12 @@ from __future__ import annotations
 from flask import Blueprint, g, jsonify, request
 from sqlalchemy import select
 
-from .. import fleet, projects, releases, runs, tickets, validation, workflow
+from .. import fleet, listing, projects, releases, runs, tickets, validation, workflow
 from ..auth import token_required
 from ..dispatch import dispatch
 from ..errors import BadInput, error_response
 from ..extensions import db
-from ..models import Project, Ticket
+from ..models import Project
 from ..serialize import fleet_json, project_json, release_json, replay_command, run_json, ticket_json
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -80,15 +80,22 @@ def create_ticket():
 @bp.get("/tickets")
 @token_required
 def list_tickets():
-    """List tickets, filtered by project and state."""
-    visible = tickets.visible_project_ids(db.session, g.api_user)
-    query = select(Ticket).join(Project).where(Ticket.project_id.in_(visible)).order_by(Ticket.id.desc())
-    if request.args.get("project"):
-        query = query.where(Project.name == request.args["project"])
-    if request.args.get("state"):
-        query = query.where(Ticket.state == request.args["state"])
-    rows = db.session.scalars(query.limit(500)).all()
-    return jsonify([ticket_json(t, g.api_user, brief=True) for t in rows])
+    """List tickets newest first, a page at a time (`limit`, `cursor`), filtered by project, state, author, kind, q."""
+    filters = listing.ticket_filters(request.args)
+    page = listing.tickets_page(
+        db.session, g.api_user, filters, listing.page_size(request.args.get("limit")), _cursor()
+    )
+    return _page_json(page, lambda t: ticket_json(t, g.api_user, brief=True))
+
+
+def _cursor() -> int | None:
+    """Return the row key of `?cursor=` (400 naming `cursor` when it is not one this API gave out)."""
+    return listing.decode_cursor(request.args.get("cursor"))
+
+
+def _page_json(page: listing.Page, to_json):
+    """Answer one page of a list: `{"items": [...], "next": cursor or null}`."""
+    return jsonify(items=[to_json(row) for row in page.items], next=page.next)
 
 
 @bp.get("/tickets/<int:ticket_id>")
@@ -116,11 +123,12 @@ def ticket_action(ticket_id: int, action: str):
 @bp.get("/projects/<name>/releases")
 @token_required
 def project_releases(name: str):
-    """List a project's versions, newest first."""
+    """List a project's versions newest first, a page at a time (`limit`, `cursor`)."""
     project = projects.get_project(db.session, name)
     if not tickets.can_see(g.api_user, project):
         return error_response(f"project {name!r} not found", 404)
-    return jsonify([release_json(r, project) for r in releases.history(db.session, project)])
+    page = listing.releases_page(db.session, project, listing.page_size(request.args.get("limit")), _cursor())
+    return _page_json(page, lambda r: release_json(r, project))
 
 
 @bp.get("/projects/<name>/hosts")
@@ -157,6 +165,22 @@ def create_rollback():
     )
     db.session.commit()
     return jsonify(ticket_json(ticket, g.api_user)), 201
+
+
+@bp.get("/runs")
+@token_required
+def list_runs():
+    """List runs newest first, a page at a time (`limit`, `cursor`), optionally of one `project` or `ticket`."""
+    ticket = request.args.get("ticket", "")
+    page = listing.runs_page(
+        db.session,
+        g.api_user,
+        project=request.args.get("project", ""),
+        ticket_id=validation.integer(ticket, "ticket", minimum=1) if ticket else None,
+        limit=listing.page_size(request.args.get("limit")),
+        after=_cursor(),
+    )
+    return _page_json(page, lambda r: {**run_json(r), "ticket": r.ticket_id, "project": r.project.name})
 
 
 @bp.get("/runs/<int:run_id>")

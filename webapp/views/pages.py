@@ -8,15 +8,15 @@ from flask_babel import lazy_gettext as _l
 from flask_login import current_user, login_required
 from sqlalchemy import select
 
-from .. import fleet, notify, releases, runs, tickets, workflow
+from .. import fleet, listing, notify, releases, runs, tickets, workflow
 from ..dispatch import dispatch
 from ..extensions import db
 from ..i18n import label
-from ..models import Project, Ticket
+from ..models import Project
 from ..releases import batches_json
 from ..runs import progress
 from ..serialize import CHANGE_STATES, fleet_json, last_run
-from ..workflow import State
+from ..workflow import Kind, State
 
 bp = Blueprint("pages", __name__)
 
@@ -57,29 +57,39 @@ def index():
 @bp.get("/tickets")
 @login_required
 def ticket_list():
-    """List tickets, filtered by project and state; `waiting=me` shows a lead's approvals."""
+    """List tickets a page at a time, newest first, filtered; `waiting=me` shows a lead's approvals."""
     projects = visible_projects()
-    query = select(Ticket).where(Ticket.project_id.in_([p.id for p in projects])).order_by(Ticket.id.desc())
-    project = request.args.get("project", "")
-    state = request.args.get("state", "")
+    filters = listing.ticket_filters(request.args)
     waiting = request.args.get("waiting") == "me"
-    if project:
-        query = query.join(Project).where(Project.name == project)
     if waiting:
-        query = query.where(Ticket.state == State.PENDING_APPROVAL.value)
-    elif state:
-        query = query.where(Ticket.state == state)
-    rows = db.session.scalars(query.limit(300)).all()
+        filters.waiting_for = current_user
+    page = listing.tickets_page(
+        db.session,
+        current_user,
+        filters,
+        listing.page_size(request.args.get("limit")),
+        after=listing.decode_cursor(request.args.get("cursor")),
+        before=listing.decode_cursor(request.args.get("before"), "before"),
+        full=waiting,  # the plain list shows no buttons: no runs or approvals to load
+    )
+    rows = page.items
     if waiting:
         rows = [t for t in rows if workflow.APPROVE in tickets.allowed_actions(t, current_user)]
+    keep = {**filters.query_args(), **({"waiting": "me"} if waiting else {})}
+    if request.args.get("limit"):
+        keep["limit"] = request.args["limit"]
     return render_template(
         "tickets.html",
         tickets=rows,
         projects=projects,
         states=list(State),
-        project=project,
-        state=state,
+        kinds=list(Kind),
+        filters=filters,
+        project=filters.project,
+        state=filters.state,
         waiting=waiting,
+        next_url=url_for("pages.ticket_list", cursor=page.next, **keep) if page.next else None,
+        previous_url=url_for("pages.ticket_list", before=page.previous, **keep) if page.previous else None,
     )
 
 
