@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import json
 import re
 import subprocess
 from datetime import timedelta
@@ -122,6 +124,9 @@ def test_browser_language_chinese_pages(app, world):
     assert 'data-state="pending_staging">等待预发布环境更新</span>' in page
     assert "历史记录" in page and "提交人" in page and "撤销工单" in page
     assert "History" not in page and "Cancel ticket" not in page
+    # The live progress table (filled by static/ferry.js) gets the host status labels from the page.
+    progress = json.loads(html.unescape(re.search(r"data-labels='([^']*)'", page).group(1)))
+    assert progress["ok"] == "成功" and progress["unreachable"] == "无法连接"
     listing = dev.get("/tickets").get_data(as_text=True)
     assert "新建发布单" in listing and "全部状态" in listing and "等待预发布环境更新" in listing
     assert 'data-state="pending_staging"' in listing and "New release ticket" not in listing

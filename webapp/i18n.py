@@ -220,6 +220,11 @@ def translate_error(e: DomainError) -> str:
     return gettext(e.template, **params) if params else gettext(e.template)
 
 
+def progress_labels() -> dict[str, str]:
+    """Return the labels of the host statuses the live progress table shows, in the page's language."""
+    return {status: label(status) for status in ("ok", "changed", "failed", "unreachable", "running", "skipped")}
+
+
 def init_app(app: Flask) -> None:
     """Bind Flask-Babel (language and zone selectors) and give templates their helpers."""
     babel.init_app(
@@ -232,6 +237,8 @@ def init_app(app: Flask) -> None:
         label=label, zone_name=zone_name, languages=LANGUAGES, current_language=select_language
     )
     app.jinja_env.filters["localtime"] = localtime
+    # Host statuses the live log's progress table shows (static/ferry.js reads them from data-labels).
+    app.jinja_env.globals["progress_labels"] = progress_labels
     app.jinja_env.filters["label"] = label
     # A page's <html lang>: "zh-CN" for zh_CN.
     app.jinja_env.globals["html_lang"] = lambda: Markup(select_language().replace("_", "-"))

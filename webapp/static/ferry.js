@@ -7,6 +7,8 @@
   if (!log || !log.dataset.events) { return; }
   var table = document.querySelector("#progress-table tbody");
   var badge = { ok: "success", changed: "warning", failed: "danger", unreachable: "danger", running: "info", skipped: "secondary" };
+  // The page's language: host statuses as the server labels them (the status token stays in data-status).
+  var labels = (table && JSON.parse(table.closest("table").dataset.labels || "{}")) || {};
   var shown = 0;  // log lines on the page: the offset polling continues from
   var POLL_MS = 1000;
 
@@ -31,7 +33,8 @@
         if (i === 1) {
           var span = document.createElement("span");
           span.className = "badge host-progress text-bg-" + (badge[text] || "secondary");
-          span.textContent = text;
+          span.dataset.status = text;
+          span.textContent = labels[text] || text;
           td.appendChild(span);
         } else { td.textContent = text; }
         row.appendChild(td);
