@@ -67,6 +67,10 @@ LABELS = {
     "release_pause": _l("paused between batches"),
     "approval_voided": _l("approval voided"),
     "run_lost": _l("run lost"),
+    # notification events (the rest share the state and action labels above)
+    "approval_needed": _l("approval needed"),
+    "rollback_requested": _l("rollback requested"),
+    "test": _l("test message"),
     # run stages and statuses, host results, fleet states, deliveries
     "staging": _l("staging"),
     "switch_back": _l("switch back"),
