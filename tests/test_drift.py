@@ -288,7 +288,10 @@ def test_drift_over_ssh_fails_release_verify_reports_unreachable_and_overwrite_h
     for h in s.names:
         assert tree_of(live_dir(world, h)) == before[h]
         if mode == "atomic":
-            assert s.live(h) == "releases/1" and not (s.roots[h] / "releases/2").exists()
+            assert s.live(h) == "releases/1"  # nothing switched
+            # Atomic mode checks inside the stage task: an in-sync host may hold an (invisible) releases/2.
+            if h in want:
+                assert not (s.roots[h] / "releases/2").exists()
     assert {h: r.drift for h, r in states(world.project.id).items() if r.state == "drifted"} == want
 
     s.hostset.stop_sshd(c)
