@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, Literal, NotRequired
 
 from sqlalchemy import select
+from typing_extensions import TypedDict
 
 from . import notify
 from .extensions import db
@@ -14,8 +16,251 @@ from .releases import batches_json, preview
 from .runs import progress
 from .stages import replay_argv, stage
 from .tickets import allowed_actions, last_drift
+from .workflow import State
 
 CHANGE_STATES = ("testing", "pending_approval", "approved", "release_failed")
+
+# The API's shapes, one TypedDict per serializer below (typing_extensions: pydantic needs it on Python 3.11).
+# webapp/openapi.py describes the answers from these types, so a key added here is in /api/openapi.json too;
+# tests/test_openapi.py checks every answer against them.
+StateName = Literal[tuple(s.value for s in State)]  # type: ignore[valid-type]
+Timestamp = str  # ISO 8601 UTC, "Z"-suffixed
+
+
+class ProjectJson(TypedDict):
+    """A project's public settings."""
+
+    name: str
+    svn_url: str
+    staging_url: str
+    inventory: str
+    group: str
+    requires_approval: bool
+    allow_self_approval: bool
+    deploy_mode: Literal["atomic", "inplace"]
+    live_version: int | None
+
+
+class HostResultJson(TypedDict):
+    """One host's result in a run: ok, changed, failed, unreachable or skipped."""
+
+    host: str
+    status: str
+    message: str
+
+
+class RunJson(TypedDict):
+    """A run's status and per-host results."""
+
+    id: int
+    stage: str
+    status: str
+    waiting_for: str
+    version: int | None
+    rc: int | None
+    error: str
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+    hosts: list[HostResultJson]
+
+
+class LogLine(TypedDict):
+    """One line of a run's log (host and task are empty when the line belongs to none)."""
+
+    line: str
+    host: str
+    task: str
+
+
+class RunLogJson(RunJson):
+    """A run with its live progress and the log lines from `offset` (GET /api/runs/<id>)."""
+
+    ticket: int
+    progress: dict[str, dict[str, Any]]
+    offset: int
+    next_offset: int
+    lines: list[LogLine]
+    replay: str | None
+
+
+class ChangedFile(TypedDict):
+    """A file the release changes (`path` ending in "/" is an empty directory)."""
+
+    status: Literal["added", "modified", "deleted"]
+    path: str
+
+
+class FileDiff(TypedDict):
+    """A text file's diff (`added`/`deleted` are line counts as git prints them, "-" for binary files)."""
+
+    path: str
+    binary: bool
+    added: str
+    deleted: str
+    diff: str
+    truncated: bool
+
+
+class IncludedTicket(TypedDict):
+    """Another ticket whose staging snapshot rides along."""
+
+    id: int
+    state: StateName
+    reason: str
+
+
+class ChangesJson(TypedDict):
+    """What releasing the ticket would change against the live version (releases.preview)."""
+
+    base_version: int | None
+    target: str | None
+    files: list[ChangedFile]
+    diffs: list[FileDiff]
+    included_tickets: list[IncludedTicket]
+    unversioned: list[str]
+    staging_commit: str | None
+    staging_moved_on: bool
+
+
+class BatchJson(TypedDict):
+    """One batch of a gray release (releases.batches_json)."""
+
+    n: int
+    hosts: list[str]
+    status: Literal["pending", "switched", "healthy", "failed", "reverted"]
+
+
+class HostDrift(TypedDict, total=False):
+    """Files changed by hand on one host, and the version it serves."""
+
+    added: list[str]
+    modified: list[str]
+    deleted: list[str]
+    version: int | None
+
+
+HistoryEntry = TypedDict(
+    "HistoryEntry",
+    {
+        "action": str,
+        "from": str | None,
+        "to": str,
+        "user": str,
+        "at": Timestamp,
+        "comment": str,
+    },
+)
+
+
+class DeliveryJson(TypedDict):
+    """A notification delivery (notify.delivery_json): channel is its kind and host only."""
+
+    id: int
+    event: str
+    channel: str
+    status: str
+    attempts: int
+    error: str
+    created_at: Timestamp
+    sent_at: Timestamp | None
+
+
+class TicketBriefJson(TypedDict):
+    """A ticket as lists show it."""
+
+    id: int
+    project: str
+    kind: Literal["release", "rollback"]
+    state: StateName
+    reason: str
+    svn_paths: list[str]
+    svn_revision: int | None
+    staging_revision: int | None
+    staging_commit: str | None
+    tested_commit: str | None
+    version: int | None
+    author: str
+    approved_by: str | None
+    staging_url: str
+    last_error: str
+    allowed_actions: list[str]
+    created_at: Timestamp
+    updated_at: Timestamp
+    hosts: list[HostResultJson]
+
+
+class TicketJson(TicketBriefJson):
+    """A ticket with its runs, history and, while it can still be released, what it changes."""
+
+    changes: NotRequired[ChangesJson]
+    last_run: RunJson | None
+    batches: list[BatchJson]
+    drift: dict[str, HostDrift]
+    history: list[HistoryEntry]
+    notifications: list[DeliveryJson]
+
+
+class ReleaseJson(TypedDict):
+    """One version of a project."""
+
+    version: int
+    ticket: int
+    svn_revision: int | None
+    commit: str
+    released_by: str | None
+    released_at: Timestamp
+    live: bool
+    bad: bool
+    hosts: list[str]
+
+
+class TicketPage(TypedDict):
+    """One page of tickets, newest first; `next` is the cursor of the following page (null: the last)."""
+
+    items: list[TicketBriefJson]
+    next: str | None
+
+
+class ReleasePage(TypedDict):
+    """One page of a project's versions, newest first."""
+
+    items: list[ReleaseJson]
+    next: str | None
+
+
+class RunListItem(RunJson):
+    """A run in a list, with its ticket and project."""
+
+    ticket: int
+    project: str
+
+
+class RunPage(TypedDict):
+    """One page of runs, newest first."""
+
+    items: list[RunListItem]
+    next: str | None
+
+
+class HostStateJson(TypedDict):
+    """One host's row of the fleet table."""
+
+    host: str
+    version: int | None
+    state: Literal["in_sync", "drifted", "unreachable", "new"]
+    drift: dict[Literal["added", "modified", "deleted"], list[str]]
+    message: str
+    checked_at: Timestamp | None
+
+
+class FleetJson(TypedDict):
+    """A project's fleet table as the last verify or release found it."""
+
+    project: str
+    live_version: int | None
+    checked_at: Timestamp | None
+    verify_pending: bool
+    hosts: list[HostStateJson]
 
 
 def _iso(at: datetime | None) -> str | None:
@@ -23,7 +268,7 @@ def _iso(at: datetime | None) -> str | None:
     return at.isoformat() + "Z" if at else None
 
 
-def project_json(project: Project) -> dict:
+def project_json(project: Project) -> ProjectJson:
     """Return a project's public settings."""
     return {
         "name": project.name,
@@ -38,7 +283,7 @@ def project_json(project: Project) -> dict:
     }
 
 
-def run_json(run: Run | None) -> dict | None:
+def run_json(run: Run | None) -> RunJson | None:
     """Return a run's status and per-host results."""
     if run is None:
         return None
@@ -62,7 +307,7 @@ def last_run(ticket: Ticket, stage: str | None = None) -> Run | None:
     return runs[-1] if runs else None
 
 
-def ticket_json(ticket: Ticket, user: User, brief: bool = False) -> dict:
+def ticket_json(ticket: Ticket, user: User, brief: bool = False) -> TicketBriefJson | TicketJson:
     """Return a ticket as the API shows it to `user`."""
     release_run = last_run(ticket, "release")
     data = {
@@ -111,7 +356,7 @@ def ticket_json(ticket: Ticket, user: User, brief: bool = False) -> dict:
     return data
 
 
-def release_json(release: Release, project: Project) -> dict:
+def release_json(release: Release, project: Project) -> ReleaseJson:
     """Return one version of a project as the release history shows it."""
     live = release.version == project.live_version
     run_hosts: list[str] = []
@@ -154,7 +399,7 @@ def replay_command(run: Run) -> list[str]:
     return replay_argv(run.run_dir, stage(run.stage).playbook)
 
 
-def host_state_json(row: HostState) -> dict:
+def host_state_json(row: HostState) -> HostStateJson:
     """Return one host's row of the fleet table."""
     drift = row.drift or {}
     return {
@@ -167,7 +412,7 @@ def host_state_json(row: HostState) -> dict:
     }
 
 
-def fleet_json(project: Project) -> dict:
+def fleet_json(project: Project) -> FleetJson:
     """Return the fleet table of a project: each host as the last verify or release found it."""
     rows = fleet(db.session, project)
     return {

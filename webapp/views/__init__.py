@@ -12,7 +12,7 @@ from werkzeug.routing import IntegerConverter, ValidationError
 from .. import i18n, validation
 from ..errors import BadInput, DomainError, error_response
 from ..extensions import csrf, db
-from . import admin, api, notify, pages, runs
+from . import admin, api, api_docs, notify, pages, runs
 
 
 def _handle_domain_error(e: DomainError):
@@ -76,6 +76,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(pages.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(api_docs.bp)
     app.register_blueprint(runs.bp)
     app.register_blueprint(notify.bp)
     csrf.exempt(api.bp)  # the API authenticates with bearer tokens, never cookies

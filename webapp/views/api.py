@@ -6,57 +6,60 @@ from flask import Blueprint, g, jsonify, request
 from sqlalchemy import select
 
 from .. import fleet, listing, projects, releases, runs, tickets, validation, workflow
+from ..api_input import (
+    LogQuery,
+    NewRollback,
+    NewTicket,
+    NoBody,
+    PageQuery,
+    RunsQuery,
+    TicketAction,
+    TicketQuery,
+    VerifyHosts,
+    body,
+)
 from ..auth import token_required
 from ..dispatch import dispatch
-from ..errors import BadInput, error_response
+from ..errors import error_response
 from ..extensions import db
 from ..models import Project
-from ..serialize import fleet_json, project_json, release_json, replay_command, run_json, ticket_json
+from ..openapi import documented
+from ..serialize import (
+    FleetJson,
+    ProjectJson,
+    ReleasePage,
+    RunJson,
+    RunLogJson,
+    RunPage,
+    TicketJson,
+    TicketPage,
+    fleet_json,
+    project_json,
+    release_json,
+    replay_command,
+    run_json,
+    ticket_json,
+)
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
-TICKET_FIELDS = {"project", "reason", "svn_paths", "svn_revision"}
-ACTION_FIELDS = {"comment", "reason", "svn_paths", "svn_revision", "expected_state", "overwrite_drift"}
-ROLLBACK_FIELDS = {"project", "version", "reason"}
-# The JSON type of every field; null passes here and the services decide whether a field is required.
-# The API is stricter than the forms: svn_paths is a list, never the forms' newline-separated text.
-FIELD_TYPES: dict[str, tuple[type, str]] = {
-    "project": (str, "a string"),
-    "reason": (str, "a string"),
-    "comment": (str, "a string"),
-    "expected_state": (str, "a string"),
-    "svn_paths": (list, "a list of strings"),
-    "svn_revision": (int, "a positive integer or null"),
-    "version": (int, "an integer"),
-    "overwrite_drift": (bool, "true or false"),
-    "checksum": (bool, "true or false"),
+ACTION_SCHEMA = {"type": "string", "enum": list(workflow.USER_ACTIONS)}
+NAME_SCHEMA = {"type": "string", "examples": ["demo"]}
+PROJECT_LINKS = {
+    op: {"operationId": op, "parameters": {"name": "$response.body#/0/name"}}
+    for op in ("project_releases", "project_hosts", "verify_hosts")
+}
+# Stateful links for clients and schemathesis: a filed ticket leads to itself, its actions and its first run.
+TICKET_LINKS = {
+    "GetTicket": {"operationId": "get_ticket", "parameters": {"ticket_id": "$response.body#/id"}},
+    "ActOnTicket": {"operationId": "ticket_action", "parameters": {"ticket_id": "$response.body#/id"}},
+    "GetRun": {"operationId": "get_run", "parameters": {"run_id": "$response.body#/last_run/id"}},
+    "CancelRun": {"operationId": "cancel_run", "parameters": {"run_id": "$response.body#/last_run/id"}},
 }
 
 
-def _body(allowed: set[str]) -> dict:
-    """Return the JSON object body, refusing other types and unknown fields."""
-    if not request.data:
-        return {}
-    try:
-        data = request.get_json(silent=True)
-    except RecursionError:  # the JSON parser recurses once per level: 50,000 nested lists exhaust the stack
-        raise BadInput("body: JSON nested too deeply", "body") from None
-    if not isinstance(data, dict):
-        raise BadInput("body: must be a JSON object", "body")
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise BadInput(f"{unknown[0]}: unknown field", unknown[0])
-    for field, value in data.items():
-        if value is None or field not in FIELD_TYPES:
-            continue  # the services check presence, and fields this table does not type
-        kind, described = FIELD_TYPES[field]
-        # bool is an int subclass in Python, but `true` is never a revision or a version.
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            raise BadInput(f"{field}: must be {described}", field)
-    return data
-
-
 @bp.get("/projects")
+@documented({200: list[ProjectJson]}, links=PROJECT_LINKS)
 @token_required
 def list_projects():
     """List the projects the caller can see."""
@@ -65,10 +68,11 @@ def list_projects():
 
 
 @bp.post("/tickets")
+@documented({201: TicketJson}, (403, 404), body=NewTicket, links=TICKET_LINKS)
 @token_required
 def create_ticket():
     """File a release ticket."""
-    data = _body(TICKET_FIELDS)
+    data = body(NewTicket)
     ticket, run = tickets.create_ticket(
         db.session, data.get("project"), g.api_user, data.get("reason"), data.get("svn_paths"), data.get("svn_revision")
     )
@@ -78,6 +82,7 @@ def create_ticket():
 
 
 @bp.get("/tickets")
+@documented({200: TicketPage}, (400,), query=TicketQuery)
 @token_required
 def list_tickets():
     """List tickets newest first, a page at a time (`limit`, `cursor`), filtered by project, state, author, kind, q."""
@@ -99,6 +104,7 @@ def _page_json(page: listing.Page, to_json):
 
 
 @bp.get("/tickets/<int:ticket_id>")
+@documented({200: TicketJson}, (404,))
 @token_required
 def get_ticket(ticket_id: int):
     """Return one ticket."""
@@ -106,10 +112,11 @@ def get_ticket(ticket_id: int):
 
 
 @bp.post("/tickets/<int:ticket_id>/<action>")
+@documented({200: TicketJson}, (403, 404, 409), body=TicketAction, path={"action": ACTION_SCHEMA})
 @token_required
 def ticket_action(ticket_id: int, action: str):
     """Fire a user action on a ticket."""
-    data = _body(ACTION_FIELDS)
+    data = body(TicketAction)
     ticket = tickets.get_ticket(db.session, ticket_id, g.api_user)
     if action not in workflow.USER_ACTIONS:
         return error_response(f"unknown action {action!r}", 404)
@@ -121,6 +128,7 @@ def ticket_action(ticket_id: int, action: str):
 
 
 @bp.get("/projects/<name>/releases")
+@documented({200: ReleasePage}, (400, 404), query=PageQuery, path={"name": NAME_SCHEMA})
 @token_required
 def project_releases(name: str):
     """List a project's versions newest first, a page at a time (`limit`, `cursor`)."""
@@ -132,6 +140,7 @@ def project_releases(name: str):
 
 
 @bp.get("/projects/<name>/hosts")
+@documented({200: FleetJson}, (404,), path={"name": NAME_SCHEMA})
 @token_required
 def project_hosts(name: str):
     """Return the fleet table: each host's version and state as the last verify (or release) found it."""
@@ -142,10 +151,11 @@ def project_hosts(name: str):
 
 
 @bp.post("/projects/<name>/hosts")
+@documented({202: FleetJson}, (403, 404), body=VerifyHosts, path={"name": NAME_SCHEMA})
 @token_required
 def verify_hosts(name: str):
     """Queue a verify of every host of the project (leads and admins); 202 with the current fleet table."""
-    data = _body({"checksum"})
+    data = body(VerifyHosts)
     project = projects.get_project(db.session, name)
     if not tickets.can_see(g.api_user, project):
         return error_response(f"project {name!r} not found", 404)
@@ -156,10 +166,11 @@ def verify_hosts(name: str):
 
 
 @bp.post("/rollbacks")
+@documented({201: TicketJson}, (403, 404, 409), body=NewRollback, links=TICKET_LINKS)
 @token_required
 def create_rollback():
     """File a rollback ticket to an earlier version."""
-    data = _body(ROLLBACK_FIELDS)
+    data = body(NewRollback)
     ticket = releases.create_rollback(
         db.session, data.get("project"), g.api_user, data.get("version"), data.get("reason")
     )
@@ -168,6 +179,7 @@ def create_rollback():
 
 
 @bp.get("/runs")
+@documented({200: RunPage}, (400,), query=RunsQuery)
 @token_required
 def list_runs():
     """List runs newest first, a page at a time (`limit`, `cursor`), optionally of one `project` or `ticket`."""
@@ -184,6 +196,7 @@ def list_runs():
 
 
 @bp.get("/runs/<int:run_id>")
+@documented({200: RunLogJson}, (400, 404), query=LogQuery)
 @token_required
 def get_run(run_id: int):
     """Return a run's status, hosts and log lines from `offset` (for following a live run)."""
@@ -203,10 +216,11 @@ def get_run(run_id: int):
 
 
 @bp.post("/runs/<int:run_id>/cancel")
+@documented({200: RunJson}, (403, 404, 409), body=NoBody)
 @token_required
 def cancel_run(run_id: int):
     """Cancel a queued or running run."""
-    _body(set())
+    body(NoBody)
     run = runs.get_run(db.session, run_id, g.api_user)
     runs.cancel(db.session, run, g.api_user)
     db.session.commit()
