@@ -6,6 +6,7 @@ import json
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -400,3 +401,32 @@ def test_forty_watchers_never_starve_pages_or_the_api(app, world, tmp_path):
     # The cap held (at most 4 streams per process) and both ways of following were used.
     assert sum(1 for w in seen if w.polls) >= watchers - 8, [w.polls for w in seen]
     assert sum(w.sse_lines for w in seen) > 0 and max(w.connections for w in seen) > 1  # lifetimes ended, reconnected
+
+
+def test_two_hundred_watchers_stream_from_the_gevent_process_within_a_second(app, world, tmp_path):
+    """The Procfile's stream process (one gevent worker) streams to 200 watchers of one run at once, none told to
+    poll, every line at every watcher less than 1 s after it was logged, from one shared reader of the run."""
+    watchers = 200
+    run = running_run()
+    lines = [f"line {i}" for i in range(30)]
+    redis = Redis.from_url(app.config["REDIS_URL"])
+    with gunicorn(app, tmp_path / "stream.log", stream=True, FERRY_STREAM_SECONDS="4") as base:
+        cookie = session_cookie(base, "dev", PASSWORD)
+        with ThreadPoolExecutor(watchers) as pool:
+            watches = [pool.submit(follow, base, run.id, cookie, 60) for _ in range(watchers)]
+            time.sleep(2)  # every watcher has connected
+            for line in lines:  # ~6 s of log, stamped as ansible-runner's `created`
+                at = datetime.now(UTC).isoformat()
+                redis.xadd(log_stream_key(run.id), {"line": line, "host": "web1", "task": "t", "at": at})
+                time.sleep(0.2)
+            mine = str(redis.connection_pool.connection_kwargs.get("db", 0))
+            clients = [c for c in redis.client_list() if c["db"] == mine]
+            finish(run, lines)
+            seen = [w.result(timeout=60) for w in watches]
+    for watch in seen:
+        assert watch.lines == lines and watch.status == "successful" and not watch.polls, watch.polls
+    lags = sorted(lag for w in seen for lag in w.lags)
+    assert len(lags) == watchers * len(lines) and lags[-1] < 1.0, lags[-10:]
+    assert max(w.connections for w in seen) > 1  # lifetimes ended and the watchers resumed by Last-Event-ID
+    # One reader per run in the process, not one Redis connection (and blocked XREAD) per watcher.
+    assert len(clients) < 10, [c["cmd"] for c in clients]

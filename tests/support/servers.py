@@ -45,10 +45,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def gunicorn(app, log: Path, workers: int = 2, threads: int = 8, **env: str) -> Iterator[str]:
-    """Run the app under gunicorn exactly as the Procfile's `web` line does (gthread), yield its base URL."""
+def gunicorn(app, log: Path, workers: int = 2, threads: int = 8, stream: bool = False, **env: str) -> Iterator[str]:
+    """Run the app under gunicorn exactly as the Procfile's `web` line does (gthread), yield its base URL.
+
+    `stream=True`: as the Procfile's `stream` line does instead (one gevent worker, for /runs/<id>/events).
+    """
     port = free_port()
-    argv = [str(Path(sys.executable).parent / "gunicorn"), "--workers", str(workers), "--threads", str(threads)]
+    argv = [str(Path(sys.executable).parent / "gunicorn")]
+    if stream:
+        argv += ["--worker-class", "gevent", "--workers", "1", "--worker-connections", "2000"]
+    else:
+        argv += ["--workers", str(workers), "--threads", str(threads)]
     argv += ["--bind", f"127.0.0.1:{port}", "webapp:create_app()"]
     with log.open("ab") as out:
         proc = subprocess.Popen(
@@ -61,7 +68,7 @@ def gunicorn(app, log: Path, workers: int = 2, threads: int = 8, **env: str) -> 
             try:
                 urllib.request.urlopen(f"{base}/login", timeout=5).read()
                 break
-            except (urllib.error.URLError, ConnectionError):
+            except (urllib.error.URLError, ConnectionError, TimeoutError):  # not listening yet, or busy starting
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"gunicorn did not start: {log.read_text()[-2000:]}") from None
                 time.sleep(0.2)

@@ -8,8 +8,17 @@ import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 POLL_SECONDS = 1.0  # as ferry.js
+
+
+def created_at(text: str) -> float | None:
+    """Return the epoch seconds of a log entry's `at` (ansible-runner's `created`, UTC), or None when absent."""
+    if not text:
+        return None
+    at = datetime.fromisoformat(text)
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
 
 
 @dataclass
@@ -22,6 +31,15 @@ class Watch:
     polled_lines: int = 0
     connections: int = 0  # SSE connections opened (1 + reconnects)
     polls: int = 0
+    started: float = field(default_factory=time.time)
+    lags: list[float] = field(default_factory=list)  # seconds from ansible's event to arrival, lines emitted since
+
+    def add(self, entry: dict) -> None:
+        """Record one log entry and, for a line ansible emitted after the watcher started, how late it arrived."""
+        self.lines.append(entry["line"])
+        created = created_at(entry.get("at", ""))
+        if created is not None and created >= self.started:
+            self.lags.append(time.time() - created)
 
 
 def _get(base: str, path: str, cookie: str, headers: dict | None = None, timeout: float = 30):
@@ -48,7 +66,8 @@ def _poll(base: str, url: str, cookie: str, watch: Watch, deadline: float) -> Wa
             if response.status != 200:
                 raise RuntimeError(f"GET {url}: {response.status}")
             watch.polls += 1
-            watch.lines += [entry["line"] for entry in data["lines"]]
+            for entry in data["lines"]:
+                watch.add(entry)
             watch.polled_lines += len(data["lines"])
             if not data["active"]:
                 watch.status = data["status"]
@@ -82,7 +101,7 @@ def follow(base: str, run_id: int, cookie: str, timeout: float = 120) -> Watch:
                     if event_id:
                         last_id = event_id  # EventSource remembers it for the reconnect
                     if event == "line":
-                        watch.lines.append(json.loads(data)["line"])
+                        watch.add(json.loads(data))
                         watch.sse_lines += 1
                     elif event == "poll":
                         poll_url = json.loads(data)["url"]

@@ -1,42 +1,42 @@
 """Run pages: the live log as Server-Sent Events (or JSON polling when no stream slot is free), and cancel.
 
-Each SSE connection holds one web-server thread for as long as it is open. So that watchers can never
-starve pages and API calls, a web process serves at most FERRY_MAX_STREAMS streams at once; a watcher
-beyond that gets a `poll` event and the page polls /runs/<id>/log instead (one short request a second).
-Every stream also closes after FERRY_STREAM_SECONDS, so slots are freed regularly; the browser reconnects
-with Last-Event-ID and carries on where it was.
+Every stream of a run in one process reads the same in-memory feed (webapp/run_feed.py: one reader of the
+run's Redis stream and status per process), so a watcher costs no DB or Redis work of its own. Under the
+Procfile's `stream` line (gunicorn's gevent worker, where the reverse proxy sends /runs/<id>/events) a stream
+is a greenlet and there is no cap. Under the threaded `web` line each SSE connection holds a thread while it
+is open: so that watchers never starve pages and API calls, such a process serves at most FERRY_MAX_STREAMS
+streams at once; a watcher beyond that gets a `poll` event and the page polls /runs/<id>/log instead (one
+short request a second). Every stream closes after FERRY_STREAM_SECONDS, so slots are freed regularly; the
+browser reconnects with Last-Event-ID and carries on where it was.
 """
 
 from __future__ import annotations
 
-import json
+import sys
 import threading
 import time
 
-from flask import Blueprint, Response, current_app, flash, jsonify, redirect, request, stream_with_context, url_for
+from flask import Blueprint, Response, current_app, flash, jsonify, redirect, request, url_for
 from flask_babel import gettext as _
 from flask_login import current_user, login_required
-from redis.exceptions import RedisError
 
-from .. import runs, validation
+from .. import run_feed, runs, validation
 from ..errors import BadInput
 from ..extensions import db
-from ..live import log_stream_key, redis_connection
-from ..models import Run
+from ..run_feed import sse
 
 bp = Blueprint("runs", __name__)
 
-BLOCK_MS = 500  # how long one XREAD waits: bounds the delay between an event and the page
 KEEPALIVE_SECONDS = 10  # a comment line when nothing else was sent: a gone browser is noticed and its slot freed
 RETRY_MS = 1000  # how soon the browser reconnects after a stream's lifetime ends
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _slots_lock = threading.Lock()
 
 
-def _sse(event: str, data: object, event_id: str | None = None) -> str:
-    """Format one Server-Sent Event."""
-    head = f"id: {event_id}\n" if event_id else ""
-    return f"{head}event: {event}\ndata: {json.dumps(data)}\n\n"
+def serves_on_greenlets() -> bool:
+    """Tell whether this process serves requests on gevent greenlets (the Procfile's `stream` line)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return bool(monkey and monkey.is_module_patched("socket"))
 
 
 def _stream_slots() -> threading.BoundedSemaphore:
@@ -70,57 +70,50 @@ def events(run_id: int):
     """Stream a run's log lines and host progress: replay from the start (or Last-Event-ID), then follow."""
     runs.get_run(db.session, run_id, current_user)  # 404 unless visible
     poll_url = url_for("runs.log", run_id=run_id)
-    slots = _stream_slots()
-    if not slots.acquire(blocking=False):
+    slots = None if serves_on_greenlets() else _stream_slots()  # a greenlet per stream costs no thread
+    if slots is not None and not slots.acquire(blocking=False):
         # Every stream slot of this process is busy: answer at once and let the page poll.
-        return Response(_sse("poll", {"url": poll_url}), mimetype="text/event-stream", headers=SSE_HEADERS)
-    release = _release_once(slots)
+        return Response(sse("poll", {"url": poll_url}), mimetype="text/event-stream", headers=SSE_HEADERS)
+    release = _release_once(slots) if slots is not None else lambda: None
     last_id = request.headers.get("Last-Event-ID") or "0"
     lifetime = current_app.config["FERRY_STREAM_SECONDS"]
+    app = current_app._get_current_object()
+    db.session.remove()  # the stream reads the shared feed only: no DB connection held while it is open
 
     def generate():
-        nonlocal last_id
-        redis = redis_connection()
-        key = log_stream_key(run_id)
-        sent_progress = None
-        deadline = time.monotonic() + lifetime
-        last_write = time.monotonic()
-        streamed = False
-        yield f"retry: {RETRY_MS}\n\n"
-        while time.monotonic() < deadline:
-            # Read the run before the stream: a run seen finished here wrote its last line before this XREAD.
-            # Re-read each round: the generator outlives the view, and may run under another session.
-            run = db.session.get(Run, run_id, populate_existing=True)
-            db.session.commit()  # end the read transaction so the next round sees the worker's commits
-            try:
-                batch = redis.xread({key: last_id}, block=BLOCK_MS, count=500) or []
-            except RedisError:
-                batch = []
-                time.sleep(BLOCK_MS / 1000)
-            for _key, entries in batch:
-                for entry_id, fields in entries:
-                    last_id = entry_id.decode()
-                    streamed = True
+        feed = run_feed.watch(app, run_id)
+        try:
+            position = feed.position_after(last_id)
+            version = -1
+            sent_progress = None
+            deadline = time.monotonic() + lifetime
+            last_write = time.monotonic()
+            yield f"retry: {RETRY_MS}\n\n"
+            while time.monotonic() < deadline:
+                version = feed.wait(version, min(KEEPALIVE_SECONDS, max(0.0, deadline - time.monotonic())))
+                # The feed renders each event once for all its watchers; one write sends what is new.
+                parts = feed.events[position:]  # append-only: a slice is a consistent snapshot
+                position += len(parts)
+                if feed.progress_event is not sent_progress:
+                    sent_progress = feed.progress_event
+                    parts.append(sent_progress)
+                if parts:
                     last_write = time.monotonic()
-                    yield _sse("line", {k.decode(): v.decode() for k, v in fields.items()}, last_id)
-            progress = runs.progress(run)
-            if progress != sent_progress:
-                sent_progress = progress
-                last_write = time.monotonic()
-                yield _sse("progress", progress)
-            if run.status not in runs.ACTIVE and not batch:
-                if not streamed and last_id == "0":  # live stream gone (Redis flushed/expired): replay from the DB
-                    for entry in runs.log_lines(run):
-                        yield _sse("line", entry)
-                yield _sse("end", {"status": run.status, "error": run.error})
-                return
-            if time.monotonic() - last_write > KEEPALIVE_SECONDS:
-                last_write = time.monotonic()
-                yield ": keepalive\n\n"
-        yield _sse("reconnect", {})
+                    yield "".join(parts)
+                if feed.ended and position >= len(feed.events):
+                    if feed.status in runs.ACTIVE or not feed.status:
+                        break  # the feed stopped while the run goes on (its reader failed): reconnect to a new one
+                    yield sse("end", {"status": feed.status, "error": feed.error})
+                    return
+                if time.monotonic() - last_write > KEEPALIVE_SECONDS:
+                    last_write = time.monotonic()
+                    yield ": keepalive\n\n"
+            yield sse("reconnect", {})
+        finally:
+            run_feed.leave(feed)
 
     try:
-        response = Response(stream_with_context(generate()), mimetype="text/event-stream", headers=SSE_HEADERS)
+        response = Response(generate(), mimetype="text/event-stream", headers=SSE_HEADERS)
         response.call_on_close(release)  # the WSGI server closes every response, also when the browser left
     except BaseException:
         release()
