@@ -456,6 +456,84 @@ def one_round(ctx: dict, r: int, mode: str) -> None:
     run("rm", "-rf", *b_roots.values(), *f_roots.values(), work_tree)
 
 
+def fleet_round(ctx: dict, r: int, mode: str, sizes: tuple[int, ...]) -> None:
+    """Release one file with Ferry to the first N hosts for each N in `sizes` (a new project each): the fleet case."""
+    hostset, ferry, svn, tmp = ctx["hostset"], ctx["ferry"], ctx["svn"], ctx["tmp"]
+    for n in sizes:
+        ctx["load"].append(round(os.getloadavg()[0], 2))
+        names = [h.name for h in hostset.hosts[:n]]
+        roots = {name: tmp / "roots" / f"fleet{r}-{mode}-{n}" / name for name in names}
+        inventory = tmp / "inventory" / f"fleet{r}-{mode}-{n}.ini"
+        lines = inventory_for(hostset, roots).splitlines()
+        inventory.write_text("\n".join(line for line in lines if _keep(line, names)) + "\n")
+        project = ferry.new_project(svn, inventory, mode, min(ctx["forks"], n))
+        log(f"fleet round {r} {mode} {n} hosts: first full release of {project} (warms the ssh masters)")
+        tid, _ = ferry.stage(project, [])
+        os.sync()
+        seconds, phases = ferry.release(tid)
+        ctx["fleet"].setdefault((mode, n, "full"), Samples()).seconds.append(seconds)
+        ctx["fleet"][(mode, n, "full")].phases.append(phases)
+        log(f"  ferry    full     {mode:<7} {n:>3} hosts {seconds:6.2f} s")
+        for c in range(ctx["changes"]):
+            rel = ctx["paths"][(r * 997 + c * 131 + n) % len(ctx["paths"])]
+            data = random.Random(f"fleet-{r}-{c}-{mode}-{n}").randbytes((tmp / "tree" / rel).stat().st_size)
+            svn.put(rel, data, tmp)
+            tid, _ = ferry.stage(project, [rel])
+            os.sync()
+            seconds, phases = ferry.release(tid)
+            ctx["fleet"].setdefault((mode, n, "one-file"), Samples()).seconds.append(seconds)
+            ctx["fleet"][(mode, n, "one-file")].phases.append(phases)
+            log(f"  ferry    one-file {mode:<7} {n:>3} hosts {seconds:6.2f} s")
+            live = "current" if mode == "atomic" else ""
+            for name in names:  # the release really is live on every host
+                if (roots[name] / live / rel).read_bytes() != data:
+                    raise RuntimeError(f"{name}: {rel} is not the released content")
+        run("rm", "-rf", *roots.values())
+
+
+def _keep(line: str, names: list[str]) -> bool:
+    """Tell whether an inventory line stays in a fleet of `names` (host lines of other hosts go)."""
+    first = line.split(" ", 1)[0]
+    return not (" ansible_host=" in line or " deploy_root=" in line) or first in names
+
+
+def fleet_report(fleet: dict, args: argparse.Namespace) -> dict:
+    """Print the fleet case: Ferry's wall time per fleet size, the ratio to the small fleet and the phases."""
+    small, big = args.compare_hosts, args.hosts
+    out: dict = {"sizes": [small, big], "forks": args.forks, "cases": []}
+    print(f"\nFleet size: Ferry only, {args.files} files ~{args.mb:.0f} MB, forks min({args.forks}, hosts)")
+    print(f"{'case':<9} {'mode':<8} {small:>4} hosts min/med s {big:>5} hosts min/med s {'ratio med':>9}  target")
+    for case in ("full", "one-file"):
+        for mode in args.modes:
+            a, b = fleet.get((mode, small, case)), fleet.get((mode, big, case))
+            if not a or not b:
+                continue
+            sa, sb = a.summary(), b.summary()
+            ratio = sb["median"] / sa["median"]
+            target = 8.0 if case == "one-file" else None
+            verdict = ("ok" if ratio <= target else "MISSED") if target else ""
+            print(
+                f"{case:<9} {mode:<8} {sa['min']:>10.2f}/{sa['median']:<8.2f} {sb['min']:>11.2f}/{sb['median']:<8.2f} "
+                f"{ratio:>8.2f}x  {'<= 8x ' + verdict if target else ''}"
+            )
+            out["cases"].append(
+                {
+                    "case": case,
+                    "mode": mode,
+                    str(small): {**sa, "phases_median": median_phases(a.phases)},
+                    str(big): {**sb, "phases_median": median_phases(b.phases)},
+                    "ratio_median": round(ratio, 3),
+                    "target": target,
+                }
+            )
+    print("\nFerry phases (median seconds from the click; ansible event timestamps):")
+    for item in out["cases"]:
+        for size in (small, big):
+            phases = ", ".join(f"{k} {v:.2f}" for k, v in item[str(size)]["phases_median"].items())
+            print(f"  {item['case']:<9} {item['mode']:<8} {size:>3} hosts: {phases}")
+    return out
+
+
 DRIFT_TASK = "task: Check for drift"
 GRAY_CONFIGS = (  # (label, batches, health check on)
     ("one batch, no health check", "", False),
@@ -627,7 +705,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hosts", type=int, default=10)
     p.add_argument("--files", type=int, default=5000)
     p.add_argument("--mb", type=float, default=60.0, help="approximate size of the tree in MB")
-    p.add_argument("--repeat", type=int, default=3, help="rounds: one full release per mode per round")
+    p.add_argument("--repeat", type=int, default=None, help="rounds (default 3; 1 with --compare-hosts)")
     p.add_argument("--changes", type=int, default=2, help="one-file releases per mode per round")
     p.add_argument("--forks", type=int, default=0, help="Project.forks (default: the number of hosts)")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated: inplace,atomic")
@@ -635,12 +713,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: 3 hosts, 500 files, 1 repeat")
     p.add_argument("--gray", type=int, default=0, help="gray-release rounds (atomic; 3 one-file releases each)")
     p.add_argument("--gray-only", action="store_true", help="only the gray-release case (implies --gray 2)")
+    p.add_argument(
+        "--compare-hosts",
+        type=int,
+        default=0,
+        help="fleet case only: Ferry's releases to this many hosts and to --hosts (forks: --forks, default 50)",
+    )
     p.add_argument("--redis-url", default=os.environ.get("FERRY_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"))
     p.add_argument("--out", type=Path, default=None, help="JSON file (default bench/results/fanout-<time>.json)")
     p.add_argument("--workdir", type=Path, default=None, help="scratch dir (default: a new temp dir, removed)")
     args = p.parse_args(argv)
     if args.quick:
         args.hosts, args.files, args.repeat, args.changes, args.mb = 3, 500, 1, 1, args.mb * 500 / 5000
+    args.repeat = args.repeat or (1 if args.compare_hosts else 3)
+    if args.compare_hosts:
+        if not 0 < args.compare_hosts < args.hosts:
+            p.error("--compare-hosts must be smaller than --hosts")
+        args.forks = args.forks or 50
     args.forks = args.forks or args.hosts
     args.load = []
     args.modes = [m for m in args.modes.split(",") if m]
@@ -710,16 +799,22 @@ def main(argv: list[str] | None = None) -> int:
                     "cold": args.cold,
                     "changes": args.changes,
                     "gray": {},
+                    "fleet": {},
                 }
                 try:
-                    for r in range(0 if args.gray_only else args.repeat):
+                    for r in range(args.repeat if args.compare_hosts else 0):
+                        for mode in args.modes:
+                            fleet_round(ctx, r, mode, (args.compare_hosts, args.hosts))
+                    for r in range(0 if args.gray_only or args.compare_hosts else args.repeat):
                         for mode in args.modes:
                             one_round(ctx, r, mode)
                     for r in range(args.gray or (2 if args.gray_only else 0)):
                         gray_round(ctx, r)
                 finally:
                     close_masters(control_dir)
-        summary = report(results, args) if not args.gray_only else {}
+        summary = report(results, args) if not (args.gray_only or args.compare_hosts) else {}
+        if args.compare_hosts:
+            summary["fleet"] = fleet_report(ctx["fleet"], args)
         summary["gray"] = gray_report(ctx["gray"])
         summary.update(
             config={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
