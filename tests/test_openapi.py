@@ -81,6 +81,16 @@ def test_docs_page_is_served_locally_under_the_csp(client) -> None:
             assert served.status_code == 200, asset
 
 
+def test_empty_list_arguments_mean_not_given(client, world) -> None:
+    """`?limit=` and `?ticket=` are "not given" (as the description says), a bad value is a 400 naming it."""
+    h = world.headers("dev")
+    assert client.get("/api/runs?ticket=&limit=", headers=h).status_code == 200
+    assert client.get("/api/runs?ticket=x", headers=h).get_json()["error"].startswith("ticket")
+    spec = client.get("/api/openapi.json").get_json()
+    ticket = next(p for p in spec["paths"]["/api/runs"]["get"]["parameters"] if p["name"] == "ticket")
+    assert {"const": "", "type": "string"} in ticket["schema"]["anyOf"]
+
+
 def demo_with_history(app, tmp_path) -> World:
     """Return a world whose project `demo` (the name the description's examples use) has versions 1 and 2
     released, runs with logs, a fleet table and a ticket waiting for approval (so answers carry `changes`)."""

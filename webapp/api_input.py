@@ -29,7 +29,7 @@ Paths = Annotated[
         description="SVN paths relative to the working copy (no leading '/' or '-', no '..'); empty: the whole tree",
     ),
 ]
-Limit = Annotated[int, Field(ge=1, le=200, description="page size (default 50)")]
+Limit = Annotated[int, Field(ge=1, le=200)] | Literal[""]
 Cursor = Annotated[str, Field(description="`next` of the previous page")]
 
 
@@ -127,14 +127,14 @@ class TicketQuery(BaseModel):
     author: str = ""
     kind: KindName | Literal[""] = ""
     q: str = Field("", max_length=200, description="text in the reason")
-    limit: Limit = 50
+    limit: Limit = Field(50, description="page size, 1 to 200 (empty: 50)")
     cursor: Cursor = ""
 
 
 class PageQuery(BaseModel):
     """Paging of a list."""
 
-    limit: Limit = 50
+    limit: Limit = Field(50, description="page size, 1 to 200 (empty: 50)")
     cursor: Cursor = ""
 
 
@@ -142,7 +142,7 @@ class RunsQuery(PageQuery):
     """Filters and paging of GET /api/runs."""
 
     project: str = ""
-    ticket: Annotated[int, Field(ge=1, le=validation.MAX_INT, description="a ticket id")] = None  # type: ignore[assignment]
+    ticket: Annotated[int, Field(ge=1, le=validation.MAX_INT)] | Literal[""] = Field("", description="a ticket id")
 
 
 class LogQuery(BaseModel):
