@@ -81,6 +81,21 @@ def test_docs_page_is_served_locally_under_the_csp(client) -> None:
             assert served.status_code == 200, asset
 
 
+def test_an_action_refuses_fields_it_would_ignore(client, world) -> None:
+    """schemathesis found `approve` taking 201 svn_paths silently: fields an action ignores are a 400 naming them."""
+    h = world.headers("dev")
+    tid = client.post("/api/tickets", json={"project": "site", "reason": "x"}, headers=h).get_json()["id"]
+    for action, body in (
+        ("cancel", {"svn_paths": ["index.html"]}),
+        ("cancel", {"svn_revision": 3}),
+        ("cancel", {"reason": "why"}),
+    ):
+        r = client.post(f"/api/tickets/{tid}/{action}", json=body, headers=h)
+        assert r.status_code == 400 and r.get_json()["error"].startswith(next(iter(body))), r.get_json()
+    r = client.post(f"/api/tickets/{tid}/cancel", json={"svn_paths": None, "comment": "done"}, headers=h)
+    assert r.status_code == 200 and r.get_json()["state"] == "cancelled"
+
+
 def test_empty_list_arguments_mean_not_given(client, world) -> None:
     """`?limit=` and `?ticket=` are "not given" (as the description says), a bad value is a 400 naming it."""
     h = world.headers("dev")

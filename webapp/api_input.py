@@ -55,9 +55,9 @@ class TicketAction(Body):
     """Optional fields of a ticket action (`reject` needs `reason`; `resubmit` may change the content)."""
 
     comment: str | None = Field(None, max_length=validation.MAX_REASON)
-    reason: Reason | None = None
-    svn_paths: Paths | None = None
-    svn_revision: Revision | None = None
+    reason: Reason | None = Field(None, description="reject (required) and resubmit only")
+    svn_paths: Paths | None = Field(None, description="resubmit of a release ticket only")
+    svn_revision: Revision | None = Field(None, description="resubmit of a release ticket only")
     expected_state: StateName | None = Field(None, description="refuse (409) unless the ticket is in this state")
     overwrite_drift: bool | None = Field(None, description="retry only: re-stage even hosts changed by hand")
 
@@ -112,6 +112,24 @@ def body(model: type[Body]) -> dict[str, Any]:
             if field in wrong:
                 raise BadInput(f"{field}: must be {EXPECTED.get(field, 'a string')}", field) from None
     return data
+
+
+# Fields only some actions take; any other action refuses them instead of silently ignoring what the client meant.
+ACTION_FIELDS = {
+    "reason": (workflow.REJECT, workflow.RESUBMIT),
+    "svn_paths": (workflow.RESUBMIT,),
+    "svn_revision": (workflow.RESUBMIT,),
+}
+
+
+def check_action_fields(data: dict[str, Any], action: str, kind: str) -> None:
+    """Raise BadInput naming a field that `action` on a ticket of `kind` would ignore (null counts as absent)."""
+    for field, actions in ACTION_FIELDS.items():
+        if data.get(field) is None:
+            continue
+        if action not in actions or (field != "reason" and kind != Kind.RELEASE.value):
+            what = " or ".join(actions) + (" of a release ticket" if field != "reason" else "")
+            raise BadInput("%(field)s: only %(what)s takes it", field, field=field, what=what)
 
 
 def _is_type_error(error: Any) -> bool:

@@ -17,6 +17,7 @@ from ..api_input import (
     TicketQuery,
     VerifyHosts,
     body,
+    check_action_fields,
 )
 from ..auth import token_required
 from ..dispatch import dispatch
@@ -120,6 +121,7 @@ def ticket_action(ticket_id: int, action: str):
     ticket = tickets.get_ticket(db.session, ticket_id, g.api_user)
     if action not in workflow.USER_ACTIONS:
         return error_response(f"unknown action {action!r}", 404)
+    check_action_fields(data, action, ticket.kind)
     tickets.check_expected_state(ticket, data.get("expected_state"))
     run = tickets.act(db.session, ticket, g.api_user, action, data)
     db.session.commit()
