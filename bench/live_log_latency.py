@@ -30,6 +30,7 @@ import time
 import urllib.parse
 import urllib.request
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 from redis import Redis
@@ -48,6 +49,7 @@ from webapp.models import Run
 
 PASSWORD = "bench-password-1"
 WATCHER_PROCESSES = 4
+SLOW_SECONDS = 0.2  # answers slower than this are listed with their time
 BROWSE_PAUSE = 1.0  # seconds between one browsing person's requests (a page a second: a busy person)
 
 
@@ -88,12 +90,12 @@ def stats(values: list[float]) -> dict:
     }
 
 
-def browse(base: str, cookie: str, token: str, ticket_id: int, stop: threading.Event) -> dict[str, list[float]]:
+def browse(base: str, cookie: str, token: str, ticket_id: int, stop: threading.Event) -> dict[str, list]:
     """Load pages and call the API in a loop on one kept-alive connection, as one person browsing does."""
     split = urllib.parse.urlsplit(base)
     paths = [("list", "/tickets", {"Cookie": cookie}), ("ticket", f"/tickets/{ticket_id}", {"Cookie": cookie})]
     paths.append(("api", "/api/tickets", {"Authorization": f"Bearer {token}"}))
-    timings: dict[str, list[float]] = {"list": [], "ticket": [], "api": []}
+    timings: dict[str, list] = {"list": [], "ticket": [], "api": [], "slow": []}
     connection = http.client.HTTPConnection(split.hostname, split.port, timeout=30)
     while not stop.is_set():
         for kind, path, headers in paths:
@@ -107,6 +109,8 @@ def browse(base: str, cookie: str, token: str, ticket_id: int, stop: threading.E
                 connection.close()  # reopened by the next request
                 ok = False
             timings[kind].append(time.monotonic() - started if ok else float("inf"))
+            if timings[kind][-1] > SLOW_SECONDS:  # when, to line slow answers up with what the runs did then
+                timings["slow"].append((time.time() - (time.monotonic() - started), kind, timings[kind][-1]))
             time.sleep(BROWSE_PAUSE)
     connection.close()
     return timings
@@ -165,6 +169,14 @@ def watchers_bench(app, work: Path, tokens: dict, svns: list, args: argparse.Nam
                 api("dev", f"/tickets/{tid}/release")
             run_ids = [wait_state(tid, "releasing")["last_run"]["id"] for tid in tids]
             others = run_ids[1:] or run_ids
+            # Warm the web processes as a running server is (templates compiled, catalogs loaded), so that the
+            # first page loads do not measure gunicorn's start; a cold first load is printed on its own.
+            cold = []
+            for path in ("/tickets", f"/tickets/{tids[0]}") * 4:
+                started = time.monotonic()
+                urllib.request.urlopen(urllib.request.Request(f"{base}{path}", headers={"Cookie": cookie})).read()
+                cold.append(round(time.monotonic() - started, 3))
+            print(f"warm-up page loads (s, first ones cold): {cold}")
             targets = [("main", run_ids[0])] * args.watchers
             targets += [("other", others[i % len(others)]) for i in range(args.other_watchers)]
             # Watchers spread over a few client processes: in one, 220 threads would queue for its GIL and
@@ -181,8 +193,12 @@ def watchers_bench(app, work: Path, tokens: dict, svns: list, args: argparse.Nam
                     time.sleep(0.2)
                 stop.set()
                 timings: dict[str, list[float]] = {"page": [], "list": [], "ticket": [], "api": []}
+                slow = []
                 for b in browsers:
                     for kind, values in b.result().items():
+                        if kind == "slow":
+                            slow += values
+                            continue
                         timings[kind] += values
                         timings["page"] += values if kind != "api" else []
                 results = [
@@ -193,6 +209,8 @@ def watchers_bench(app, work: Path, tokens: dict, svns: list, args: argparse.Nam
             for tid in tids:
                 final = wait_state(tid, "released")
                 assert final["state"] == "released", final
+                run = final["last_run"]
+                print(f"ticket {tid}: release run {run['id']} {run.get('started_at')} → {run.get('finished_at')}")
     finally:
         for worker in workers:
             stop_worker(worker)
@@ -233,7 +251,11 @@ def watchers_bench(app, work: Path, tokens: dict, svns: list, args: argparse.Nam
             "lines": expected.get(kind, 0),
             "lag": stats(lags),
             "worst_watcher_max_ms": round(max((max(w.lags) for w in seen if w.lags), default=0) * 1000, 1),
+            # How many lines came later than 0.5 s, and when they were logged (below).
+            "late_lines": len([x for w in seen for x in w.late]),
         }
+        first = min((w.started for w in seen), default=0)
+        row["late_at_seconds"] = sorted({round(created - first, 1) for w in seen for created, _lag in w.late})
         summary[kind] = row
         lag = row["lag"]
         print(
@@ -242,12 +264,19 @@ def watchers_bench(app, work: Path, tokens: dict, svns: list, args: argparse.Nam
         )
         if row["errors"]:
             print(f"  failed watchers, e.g. {row['errors'][0]}")
+        print(
+            f"  lines later than 0.5 s: {row['late_lines']}, created at (s after the watchers started): "
+            f"{row['late_at_seconds'][:30]}"
+        )
     print(f"{'request':<8} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}   (target: page p95 <= 200 ms)")
     for kind, values in timings.items():
         summary[kind] = stats(values)
         row = summary[kind]
         print(f"{kind:<8} {row['n']:>5} {row['p50_ms']:>8} {row['p95_ms']:>8} {row['max_ms']:>8}")
     print(f"load average (1, 5, 15 min) at the end: {summary['load_average']}")
+    summary["slow"] = [(datetime.fromtimestamp(at, UTC).isoformat(), kind, round(sec, 3)) for at, kind, sec in slow]
+    print(f"answers slower than {SLOW_SECONDS * 1000:.0f} ms (UTC start, kind, s): ", end="")
+    print(", ".join(f"{at[11:23]} {kind} {sec}" for at, kind, sec in sorted(summary["slow"])) or "none")
     return summary
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 POLL_SECONDS = 1.0  # as ferry.js
+LATE_SECONDS = 0.5  # lines later than this are kept with their time, to see when lateness happens
 
 
 def created_at(text: str) -> float | None:
@@ -33,6 +34,7 @@ class Watch:
     polls: int = 0
     started: float = field(default_factory=time.time)
     lags: list[float] = field(default_factory=list)  # seconds from ansible's event to arrival, lines emitted since
+    late: list[tuple[float, float]] = field(default_factory=list)  # (created, lag) of lines later than LATE_SECONDS
 
     def add(self, entry: dict) -> None:
         """Record one log entry and, for a line ansible emitted after the watcher started, how late it arrived."""
@@ -40,6 +42,8 @@ class Watch:
         created = created_at(entry.get("at", ""))
         if created is not None and created >= self.started:
             self.lags.append(time.time() - created)
+            if self.lags[-1] > LATE_SECONDS:
+                self.late.append((created, self.lags[-1]))
 
 
 def _get(base: str, path: str, cookie: str, headers: dict | None = None, timeout: float = 30):
