@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 from redis import Redis
 
+from tests.support.servers import threaded_server
 from tests.support.site import tree_of
 from tests.test_runs import feed, finish, running_run
 
@@ -307,3 +308,30 @@ def test_live_log_shows_every_line_once_streaming_or_polling(people: People, wor
     else:
         assert len(streams) == 1 and len(polls) >= 2, (streams, polls)
     assert_clean(dev)
+
+
+def test_live_log_streams_from_the_stream_process_on_another_origin(people: People, world, live_server) -> None:
+    """With FERRY_STREAM_URL the ticket page follows the live log from the stream process on another origin (CORS
+    for the pages' origin with the session cookie, CSP connect-src), reconnecting there, never polling."""
+    app = world.app
+    with threaded_server(app) as stream:
+        app.config.update(FERRY_STREAM_URL=stream, FERRY_BASE_URL=live_server.url, FERRY_STREAM_SECONDS=1)
+        run = running_run()
+        redis = Redis.from_url(app.config["REDIS_URL"])
+        lines = [f"line {i}" for i in range(6)]
+        feed(redis, run.id, lines[:2])
+        dev = people("dev")
+        dev.goto(f"/tickets/{run.ticket_id}")
+        log = dev.page.locator("#run-log")
+        expect(log).to_contain_text("line 1")
+        feed(redis, run.id, lines[2:], every=0.4)  # longer than a stream lives: it reconnects to the stream origin
+        expect(log).to_contain_text("line 5")
+        assert log.inner_text().split("\n")[: len(lines)] == lines
+        finish(run, lines)
+        expect(dev.page.locator("#run-log[data-events]")).to_have_count(0, timeout=10_000)
+        streams = [url for kind, url in dev.requests if kind == "eventsource"]
+        polls = [url for kind, url in dev.requests if kind == "fetch" and f"/runs/{run.id}/log" in url]
+        assert len(streams) >= 2 and all(url.startswith(f"{stream}/runs/") for url in streams), streams
+        assert not polls, polls
+        dev.check()  # no console error (CORS, CSP)
+        assert set(dev.foreign_requests()) == set(streams)  # nothing else left the pages' origin

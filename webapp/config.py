@@ -42,6 +42,9 @@ def from_env() -> dict:
         "FERRY_PROXY_HOPS": int(os.environ.get("FERRY_PROXY_HOPS", 0)),  # reverse proxies in front (ProxyFix)
         "FERRY_MAX_STREAMS": int(os.environ.get("FERRY_MAX_STREAMS", DEFAULT_MAX_STREAMS)),
         "FERRY_STREAM_SECONDS": int(os.environ.get("FERRY_STREAM_SECONDS", DEFAULT_STREAM_SECONDS)),
+        # The Procfile's stream line as browsers reach it when no proxy routes /runs/<id>/events to it (e.g.
+        # http://127.0.0.1:5001); empty: the page's own origin. Pages must come from FERRY_BASE_URL's origin.
+        "FERRY_STREAM_URL": os.environ.get("FERRY_STREAM_URL", "").rstrip("/"),
         "FERRY_BASE_URL": os.environ.get("FERRY_BASE_URL", DEFAULT_BASE_URL),
         "FERRY_SMTP_URL": os.environ.get("FERRY_SMTP_URL", ""),  # smtp://user:pass@host:587?starttls=1, smtps://…
         "FERRY_MAIL_FROM": os.environ.get("FERRY_MAIL_FROM", "ferry@localhost"),

@@ -1,6 +1,7 @@
 // Live run log and host progress on the ticket page (no inline scripts under our CSP).
-// Follows the run over Server-Sent Events; when the server has no stream slot free it sends a `poll` event and
-// the page polls the JSON log endpoint once a second instead, from the number of lines it already shows.
+// Follows the run over Server-Sent Events (from the stream process when FERRY_STREAM_URL names it); when the
+// server has no stream slot free it sends a `poll` event and the page polls the JSON log endpoint once a second
+// instead, from the number of lines it already shows.
 (function () {
   "use strict";
   var log = document.getElementById("run-log");
@@ -63,7 +64,8 @@
       .catch(function () { window.setTimeout(function () { poll(url); }, 3 * POLL_MS); });
   }
 
-  var source = new EventSource(log.dataset.events);
+  // The stream may come from the stream process on another origin (FERRY_STREAM_URL): send the session cookie.
+  var source = new EventSource(log.dataset.events, { withCredentials: true });
   source.addEventListener("line", function (e) { addLine(JSON.parse(e.data)); });
   source.addEventListener("progress", function (e) { showProgress(JSON.parse(e.data)); });
   source.addEventListener("poll", function (e) {
@@ -77,6 +79,9 @@
   source.addEventListener("error", function () {
     // EventSource retries network errors by itself; it gives up for good only on an answer that is not a
     // stream (e.g. an error page): follow the run by polling then.
-    if (source.readyState === EventSource.CLOSED) { poll(log.dataset.events.replace(/\/events$/, "/log")); }
+    // Poll the page's own origin (the web process), whichever origin streamed.
+    if (source.readyState === EventSource.CLOSED) {
+      poll(new URL(log.dataset.events, window.location.href).pathname.replace(/\/events$/, "/log"));
+    }
   });
 }());

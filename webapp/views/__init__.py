@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from flask import Flask, flash, jsonify, redirect, render_template, request
+from flask import Flask, current_app, flash, jsonify, redirect, render_template, request
 from flask_babel import gettext
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import IntegerConverter, ValidationError
@@ -47,9 +47,11 @@ def _handle_500(e: Exception):
 
 def _security_headers(response):
     """Add the security headers every response carries."""
+    stream = current_app.config.get("FERRY_STREAM_URL")  # the live log's stream process on another origin
     response.headers.setdefault(
         "Content-Security-Policy",
-        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'",
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'"
+        + (f"; connect-src 'self' {stream}" if stream else ""),
     )
     response.headers.setdefault("X-Frame-Options", "DENY")
     response.headers.setdefault("X-Content-Type-Options", "nosniff")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, flash, jsonify, redirect, request, url_for
 from flask_babel import gettext as _
@@ -118,6 +119,20 @@ def events(run_id: int):
     except BaseException:
         release()
         raise
+    return response
+
+
+@bp.after_request
+def _stream_cors(response):
+    """Let the pages' origin (FERRY_BASE_URL) read the live log from a stream process on another origin."""
+    origin = request.headers.get("Origin", "")
+    if request.endpoint == "runs.events" and current_app.config["FERRY_STREAM_URL"] and origin:
+        page = urlsplit(current_app.config["FERRY_BASE_URL"])
+        if origin == f"{page.scheme}://{page.netloc}":
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Allow-Credentials"] = "true"
+            response.headers["Access-Control-Allow-Headers"] = "Last-Event-ID, Cache-Control"
+            response.headers["Vary"] = "Origin"
     return response
 
 
