@@ -211,7 +211,9 @@ def test_release_inplace(rel: tuple[Env, str, str], tmp_path: Path) -> None:
     res = env.release(inv, 1, c1, mode="inplace")
     assert res.status == "successful", res.error
     (env.hosts["i1"] / "stray.txt").write_text("not in the release\n")
-    res = env.release(inv, 2, c2, mode="inplace", hook_tasks="hooks/example_reload.yml")
+    # No live_version/check_drift given here: the drift gate (its own tests) would stop on stray.txt; this test
+    # is about what an in-place sync does once a release is allowed to overwrite the web root.
+    res = env.release(inv, 2, c2, mode="inplace", hook_tasks="hooks/example_reload.yml", check_drift=False)
     assert res.status == "successful", res.error
     want = git_tree(env.snapshot_git_dir, "2", tmp_path / "tag2")
     for h in ("i1", "i2"):
