@@ -428,5 +428,7 @@ def test_two_hundred_watchers_stream_from_the_gevent_process_within_a_second(app
     lags = sorted(lag for w in seen for lag in w.lags)
     assert len(lags) == watchers * len(lines) and lags[-1] < 1.0, lags[-10:]
     assert max(w.connections for w in seen) > 1  # lifetimes ended and the watchers resumed by Last-Event-ID
-    # One reader per run in the process, not one Redis connection (and blocked XREAD) per watcher.
-    assert len(clients) < 10, [c["cmd"] for c in clients]
+    # One reader per run in the process, not one Redis connection (and blocked XREAD) per watcher: 200 watchers
+    # would be ~200 connections; the rest (this test process's own pools, RQ) add a dozen or so.
+    assert len(clients) < 30, [c["cmd"] for c in clients]
+    assert sum(1 for c in clients if c["cmd"] in ("xread", "xrange", "xrevrange")) < 5, [c["cmd"] for c in clients]
