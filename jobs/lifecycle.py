@@ -214,9 +214,11 @@ def project_dir(project_name: str) -> Path:
     return path
 
 
-def prepare_run_dir(run: Run, stage: Stage, inventory_file: Path | None, extravars: dict) -> Path:
-    """Lay out a run's ansible-runner dir from the configured playbooks (FERRY_PLAYBOOK_DIR); return it."""
-    run_dir = run_dir_for(run)
+def prepare_run_dir(
+    run: Run, stage: Stage, inventory_file: Path | None, extravars: dict, run_dir: Path | None = None
+) -> Path:
+    """Lay out a run's ansible-runner dir (default: its own) from the configured playbooks; return it."""
+    run_dir = run_dir or run_dir_for(run)
     runner.prepare_run_dir(
         run_dir,
         playbook=stage.playbook,

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import current_app
-
 from webapp import fleet, releases, stages, tickets, workflow
 from webapp.errors import Conflict
 from webapp.extensions import db
@@ -18,7 +16,7 @@ from webapp.workflow import Kind, State
 
 from . import runner, verify
 from .inventory import group_hosts
-from .lifecycle import RunContext, ansible_envvars, execute, prepare_run_dir, project_dir, run_dir_for
+from .lifecycle import RunContext, execute, prepare_run_dir, project_dir, run_dir_for
 
 STAGE = stages.RELEASE
 GRAY_KEPT = ("phase", "plan", "done_before", "this_run", "gated")  # what a run records of its batches
@@ -199,15 +197,7 @@ def _switch_back_failed(ctx: RunContext, result, status: str, error: str) -> Non
 
 def _switch_back(ctx: RunContext, inventory, hosts: list[str], extravars: dict) -> str:
     """Run the release playbook's switch-back alone after a cancel or timeout; return a note for the error."""
-    run_dir = Path(f"{run_dir_for(ctx.run)}-switch-back")
-    runner.prepare_run_dir(
-        run_dir,
-        playbook=STAGE.playbook,
-        playbooks_dir=current_app.config["FERRY_PLAYBOOK_DIR"],
-        inventory_file=inventory,
-        extravars=extravars,
-        envvars=ansible_envvars(),
-    )
+    run_dir = prepare_run_dir(ctx.run, STAGE, inventory, extravars, run_dir=Path(f"{run_dir_for(ctx.run)}-switch-back"))
     ctx.log("== stopped: switching every host back to the live version ==")
     result = runner.run_playbook(run_dir, STAGE.playbook, expected_hosts=hosts, timeout=600, on_event=ctx.on_event)
     if result.status == "successful":

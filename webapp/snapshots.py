@@ -42,23 +42,8 @@ def changed_files(git_dir: Path, base: str | None, target: str) -> list[dict]:
 @lru_cache(maxsize=256)
 def _changed(git_dir: str, base: str | None, target: str) -> tuple[dict, ...]:
     """Cached body of changed_files (commits never change, so neither does their difference)."""
-    out = ferry_tree.git(
-        "diff-tree",
-        "-r",
-        "-z",
-        "--no-renames",
-        "--name-status",
-        base or ferry_tree.EMPTY_TREE,
-        target,
-        git_dir=git_dir,
-        check=False,
-    )
-    parts = ferry_tree.list_z(out.stdout) if out.returncode == 0 else []
-    rows = [{"status": STATUS.get(parts[i][:1], parts[i]), "path": parts[i + 1]} for i in range(0, len(parts) - 1, 2)]
-    before = set(ferry_tree.empty_dirs_of(git_dir, base)) if base else set()
-    after = set(ferry_tree.empty_dirs_of(git_dir, target))
-    rows += [{"status": "added", "path": d + "/"} for d in sorted(after - before)]
-    rows += [{"status": "deleted", "path": d + "/"} for d in sorted(before - after)]
+    changes = ferry_tree.tree_changes(git_dir, base, target, check=False)
+    rows = [{"status": STATUS.get(status, status), "path": path} for status, path in changes]
     rows.sort(key=lambda r: r["path"])
     return tuple(rows[:MAX_FILES])
 

@@ -247,22 +247,7 @@ class Staging:
 
     def changes(self, head: str | None, sha: str, empty: list[str]) -> list[str]:
         """Return "STATUS path" lines from the previous snapshot to this one, empty directories included."""
-        out = ferry_tree.git(
-            "diff-tree",
-            "-r",
-            "-z",
-            "--no-renames",
-            "--name-status",
-            head or ferry_tree.EMPTY_TREE,
-            sha,
-            git_dir=self.git_dir,
-        ).stdout
-        parts = ferry_tree.list_z(out)
-        lines = [f"{parts[i][:1]} {parts[i + 1]}" for i in range(0, len(parts) - 1, 2)]
-        before = set(ferry_tree.empty_dirs_of(self.git_dir, head)) if head else set()
-        lines += [f"A {d}/" for d in sorted(set(empty) - before)]
-        lines += [f"D {d}/" for d in sorted(before - set(empty))]
-        return lines
+        return [f"{status} {path}" for status, path in ferry_tree.tree_changes(self.git_dir, head, sha, empty)]
 
 
 def clean_message(text: str) -> str:

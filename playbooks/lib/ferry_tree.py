@@ -140,6 +140,33 @@ def empty_dirs_of(git_dir: str, commit: str) -> list[str]:
     return [d for d in dirs if isinstance(d, str) and d and not d.startswith("/") and ".." not in d.split("/")]
 
 
+def tree_changes(
+    git_dir: str, base: str | None, target: str, target_empty: list[str] | None = None, check: bool = True
+) -> list[tuple[str, str]]:
+    """Return (git status letter, path) from `base` (None: nothing) to `target`, empty directories as "d/".
+
+    `target_empty` saves reading the target's empty directories when the caller just recorded them.
+    """
+    proc = git(
+        "diff-tree",
+        "-r",
+        "-z",
+        "--no-renames",
+        "--name-status",
+        base or EMPTY_TREE,
+        target,
+        git_dir=git_dir,
+        check=check,
+    )
+    parts = list_z(proc.stdout) if proc.returncode == 0 else []
+    out = [(parts[i][:1], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
+    before = set(empty_dirs_of(git_dir, base)) if base else set()
+    after = set(empty_dirs_of(git_dir, target) if target_empty is None else target_empty)
+    out += [("A", d + "/") for d in sorted(after - before)]
+    out += [("D", d + "/") for d in sorted(before - after)]
+    return out
+
+
 def make_dirs(work_tree: str, dirs: list[str]) -> None:
     """Create the recorded empty directories in a checked-out tree."""
     for d in dirs:
