@@ -72,7 +72,7 @@ def _release(ctx: RunContext) -> str:
     gray = releases.gray_plan(db.session, ticket, run, hosts)
     run.outputs = {**(run.outputs or {}), "gray": {k: gray[k] for k in GRAY_KEPT}}
     db.session.commit()
-    extravars = _extravars(run, project, version, commit, gray)
+    extravars = _extravars(run, project, version, commit, gray, hosts)
     run_dir = prepare_run_dir(run, STAGE, inventory, extravars)
     result = runner.run_playbook(
         run_dir,
@@ -124,7 +124,7 @@ def _release(ctx: RunContext) -> str:
     return "successful"
 
 
-def _extravars(run, project, version: int, commit: str, gray: dict) -> dict:
+def _extravars(run, project, version: int, commit: str, gray: dict, hosts: list[str]) -> dict:
     """Return release.yml's extravars for one run."""
     base = project_dir(project.name)
     return {
@@ -141,6 +141,8 @@ def _extravars(run, project, version: int, commit: str, gray: dict) -> dict:
         "live_version": project.live_version,
         "live_dir": str(base / "live"),
         "check_drift": not getattr(run, "overwrite_drift", False),
+        # In place: check inside the stage task, behind a barrier that needs every host running at once.
+        "check_in_stage": project.forks >= len(hosts),
         # Re-checked here too: a stored setting older than the rule cannot name a file outside playbooks/hooks/.
         **({"hook_tasks": hook_file(project.hook_tasks)} if project.hook_tasks else {}),
         **{k: gray[k] for k in GRAY_EXTRAVARS},
@@ -168,7 +170,7 @@ def _switch_back_run(ctx: RunContext) -> str:
     gray = releases.gray_plan(db.session, ticket, run, hosts)
     commit = ticket.tested_commit or ""
     run_dir = prepare_run_dir(
-        run, stages.SWITCH_BACK, inventory, _extravars(run, project, ticket.version, commit, gray)
+        run, stages.SWITCH_BACK, inventory, _extravars(run, project, ticket.version, commit, gray, hosts)
     )
     result = runner.run_playbook(
         run_dir,

@@ -3,6 +3,7 @@ change, and `flask verify` / the hosts API report every host as in_sync, drifted
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -264,6 +265,37 @@ def test_hosts_api_shapes_and_permissions(flow, world, app, client):
     assert lead.post("/projects/site/verify").status_code == 303
     world.work()
     assert states(world.project.id)["web2"].state == "drifted"
+
+
+@pytest.mark.parametrize("forks", [3, 1])
+def test_inplace_one_drifted_host_stops_every_host(flow, world, app, forks):
+    """In place, one host changed by hand: no host is synced, whether the stage task checks behind a barrier on
+    the controller (forks >= hosts) or a play of its own checks first (forks < hosts: hosts cannot all wait)."""
+    world.project.deploy_mode, world.project.forks = "inplace", forks
+    db.session.commit()
+    flow.ship({"index.html": "<h1>v1</h1>\n"}, "v1")
+    want = drift_of(["add"], world, "web2")
+    before = {h: tree_of(live_dir(world, h)) for h in world.hosts.roots}
+
+    world.svn.commit({"css/site.css": "body { color: red; }\n"}, "v2")
+    tid = flow.staged(reason="v2")
+    flow.approve(tid)
+    t = flow.release(tid)
+    assert t["state"] == "release_failed"
+    assert t["last_error"].startswith("drift on 1 host(s), nothing was switched"), t["last_error"]
+    assert "web2: added shell.php" in t["last_error"]
+    for h in world.hosts.roots:
+        assert tree_of(live_dir(world, h)) == before[h], h
+    assert {h: r.drift for h, r in states(world.project.id).items() if r.state == "drifted"} == {"web2": want}
+    run = db.session.scalars(select(Run).where(Run.ticket_id == tid).order_by(Run.id.desc())).first()
+    extravars = json.loads((Path(run.run_dir) / "env" / "extravars").read_text())
+    assert extravars["check_in_stage"] is (forks >= 3)
+
+    flow.act(tid, "retry", overwrite_drift=True)
+    world.work()
+    assert flow.get(tid)["state"] == "released"
+    css = {tree_of(live_dir(world, h))["css/site.css"] for h in world.hosts.roots}
+    assert css == {(b"body { color: red; }\n", False)}
 
 
 @pytest.mark.parametrize("mode", ["atomic", "inplace"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import shlex
@@ -175,7 +177,13 @@ class ActionModule(ActionBase):
                 }
             elif op == "stage":
                 checked = None
-                if _flag(args.get("check_first")) and args.get("live_version") not in (None, ""):
+                if args.get("barrier"):
+                    # In place, staging is going live: every host is checked, and waits for every other host's
+                    # check, before any host writes (a barrier on the controller instead of a play of its own).
+                    checked = self._check_all_first(host, root, version, args, task_vars or {})
+                    if checked["state"] == "drifted" or checked.get("held"):
+                        return self._check_result(result, host, checked)
+                elif _flag(args.get("check_first")) and args.get("live_version") not in (None, ""):
                     # Atomic mode checks for drift in the same task (staging releases/N changes nothing live, and
                     # any_errors_fatal stops every host before the switch): one fork and round of events fewer.
                     checked = self._check(host, root, version, args)
@@ -454,6 +462,39 @@ rm -f {_q(tmp)} && ln -s releases/{version} {_q(tmp)} && mv -T {_q(tmp)} {_q(cur
             return {"state": "drifted", "version": served, **drift, "msg": "drift: " + _describe(drift)}
         return {"state": "in_sync", "version": served, "msg": f"in sync with version {live_version}"}
 
+    def _check_all_first(self, host: Host, root: str, version: int, args: dict, task_vars: dict) -> dict:
+        """In-place drift check of this host, then wait until every host of the play has checked.
+
+        Each host writes its verdict into the barrier directory (made empty by the tag task of the same
+        playbook run) and polls until every host of the play has one. A host whose check fails (drift,
+        unreachable, error) publishes that first; every other host then stops without writing ("held"):
+        any_errors_fatal ends the play, so no host changes. Needs forks >= hosts (the job decides).
+        """
+        barrier = str(args["barrier"])
+        hosts = [str(h) for h in task_vars.get("ansible_play_hosts") or [host.name]]
+        first = args.get("live_version") in (None, "")
+        check_args = args if not first else {**args, "live_dir": args["release_dir"], "live_version": version}
+        verdict = {"ok": False, "why": "check did not finish"}
+        try:
+            checked = self._check(host, root, version, check_args)
+            if first and checked["state"] == "drifted":
+                checked = _first_release_check(checked)
+            drifted = checked["state"] == "drifted"
+            verdict = {"ok": not drifted, "why": "drifted" if drifted else checked["state"]}
+        except SyncError as exc:
+            verdict = {"ok": False, "why": "unreachable" if exc.unreachable else "failed"}
+            raise
+        finally:
+            _publish(barrier, host.name, verdict)
+        if not verdict["ok"]:
+            return checked
+        others = _wait_for(barrier, hosts, float(args.get("barrier_timeout") or BARRIER_TIMEOUT))
+        bad = sorted(h for h, v in others.items() if not v.get("ok"))
+        if bad:
+            why = ", ".join(f"{h} ({others[h].get('why', '?')})" for h in bad)
+            return {**checked, "held": True, "msg": f"not staged: {why}; no host was changed"}
+        return checked
+
     def _compare(self, host: Host, src: str, tree: str, shared: list[str]) -> dict:
         """Compare a controller tree with the host's live tree (both passes); return the drift lists."""
         lines, _ = host.rsync([*CHECK_ARGS, *[f"--exclude=/{p}" for p in shared], src, host.dest(tree)])
@@ -541,6 +582,34 @@ def _first_release_check(checked: dict) -> dict:
         + ", ".join(extra[:MAX_NAMED])
         + (f" (+{len(extra) - MAX_NAMED} more)" if len(extra) > MAX_NAMED else ""),
     }
+
+
+BARRIER_TIMEOUT = 300.0  # seconds a host waits for the other hosts' checks
+
+
+def _publish(barrier: str, name: str, verdict: dict) -> None:
+    """Write one host's check verdict into the barrier directory (renamed into place: never half-read)."""
+    path = os.path.join(barrier, name.replace("/", "_"))
+    with open(path + ".tmp", "w", encoding="utf-8") as fh:
+        json.dump(verdict, fh)
+    os.replace(path + ".tmp", path)
+
+
+def _wait_for(barrier: str, hosts: list[str], timeout: float) -> dict[str, dict]:
+    """Wait until every host has published its verdict (a missing one counts as failed after the timeout)."""
+    deadline = time.monotonic() + timeout
+    got: dict[str, dict] = {}
+    while True:
+        for name in hosts:
+            if name not in got:
+                with contextlib.suppress(FileNotFoundError, ValueError):
+                    with open(os.path.join(barrier, name.replace("/", "_")), encoding="utf-8") as fh:
+                        got[name] = json.load(fh)
+        if len(got) == len(hosts) or any(not v.get("ok") for v in got.values()):
+            return got
+        if time.monotonic() > deadline:
+            return {**{h: {"ok": False, "why": "no check within the time limit"} for h in hosts}, **got}
+        time.sleep(0.02)
 
 
 def _flag(value) -> bool:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -66,22 +68,54 @@ def tag_version(snapshot: str, commit: str, version: int) -> tuple[str, bool]:
     return sha, True
 
 
+EXACT_MARK = "ferry-exact"  # in a tree's .git: the commit its work tree holds exactly (written last)
+
+
+def exact_at(tree: str) -> str | None:
+    """Return the commit a release tree holds exactly (its marker), or None when unknown or being changed."""
+    try:
+        with open(os.path.join(tree, ".git", EXACT_MARK), encoding="ascii") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
+def _mark_exact(tree: str, sha: str | None) -> None:
+    """Record (sha) or forget (None) the commit a tree holds exactly; renamed into place, never edited."""
+    path = os.path.join(tree, ".git", EXACT_MARK)
+    if sha is None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    with open(path + ".tmp", "w", encoding="ascii") as fh:
+        fh.write(sha + "\n")
+    os.replace(path + ".tmp", path)
+
+
 def checkout_release(snapshot: str, release_dir: str, version: int, sha: str | None = None) -> str:
     """Clone on first use, fetch tags and force the work tree to exactly tag N (empty directories too).
 
     The clone is made exact first (ferry_tree.make_exact): no .gitattributes in the tree can convert line
-    endings or run filters on checkout. Returns the commit checked out.
+    endings or run filters on checkout. A tree whose marker already names tag N's commit is left as it is
+    (only Ferry writes these trees; the marker is removed before and written after every change). Returns
+    the commit checked out.
     """
     if not os.path.isdir(os.path.join(release_dir, ".git")):
         _git("clone", "-q", "--no-checkout", snapshot, release_dir)
-    ferry_tree.make_exact(os.path.join(release_dir, ".git"))
-    repo = f"--git-dir={release_dir}/.git", f"--work-tree={release_dir}"
-    _git(*repo, "fetch", "-q", "--force", snapshot, "+refs/tags/*:refs/tags/*")
-    want = _resolve(f"{release_dir}/.git", f"refs/tags/{version}")
+    want = _resolve(snapshot, f"refs/tags/{version}")
     if want is None:
         raise TagError(f"version {version} has no tag in {snapshot}")
     if sha is not None and want != sha:
         raise TagError(f"tag {version} points to {want}, expected {sha}")
+    if exact_at(release_dir) == want:
+        return want
+    _mark_exact(release_dir, None)
+    ferry_tree.make_exact(os.path.join(release_dir, ".git"))
+    # ctime is not trusted: a hard-linked copy of the tree (prepare_live) changes every file's ctime, not its bytes.
+    repo = "-c", "core.trustctime=false", f"--git-dir={release_dir}/.git", f"--work-tree={release_dir}"
+    _git(*repo, "fetch", "-q", "--force", snapshot, "+refs/tags/*:refs/tags/*")
+    if _resolve(f"{release_dir}/.git", f"refs/tags/{version}") != want:
+        raise TagError(f"tag {version} in {release_dir} does not point to {want}")
     started = time.time()
     _git(*repo, "checkout", "-q", "-f", "--detach", f"refs/tags/{version}^{{commit}}")
     # -x as well: the tree must be exactly the tag, with no leftovers from an older checkout; -d also drops
@@ -96,7 +130,38 @@ def checkout_release(snapshot: str, release_dir: str, version: int, sha: str | N
     # Record the restored files' new stat data in the index. Otherwise every later checkout distrusts
     # them and re-reads their content to find what changed (~1 s per 60 MB, on every release).
     _git(*repo, "update-index", "-q", "--refresh", check=False)
+    _mark_exact(release_dir, want)
     return want
+
+
+def prepare_live(snapshot: str, release_dir: str, live_dir: str, live: int) -> tuple[str, str]:
+    """Make live_dir hold exactly the live version's tree, as cheaply as possible; return (commit, how).
+
+    After a release, release_dir holds the live version: its tree becomes live_dir by renames (the old
+    live_dir becomes release_dir, checked out to the new version next), or, when there is no live_dir yet,
+    by a hard-linked copy (git replaces a file by unlinking it, never by writing into it, so the twins
+    never share a change). Otherwise live_dir is checked out like any release tree.
+    """
+    want = _resolve(snapshot, f"refs/tags/{live}")
+    if want is None:
+        raise TagError(f"live version {live} has no tag in {snapshot}")
+    if exact_at(live_dir) == want:
+        return want, "kept"
+    if exact_at(release_dir) == want:
+        spare = live_dir.rstrip("/") + ".swap"
+        if os.path.lexists(spare):
+            shutil.rmtree(spare)  # left by a run that died half-way through the renames below
+        if os.path.isdir(os.path.join(live_dir, ".git")):
+            os.rename(live_dir, spare)
+            os.rename(release_dir, live_dir)
+            os.rename(spare, release_dir)
+            return want, "swapped with the release tree"
+        if os.path.lexists(live_dir):
+            shutil.rmtree(live_dir)
+        subprocess.run(["cp", "-al", "--", release_dir, spare], check=True, capture_output=True)
+        os.rename(spare, live_dir)
+        return want, "hard-linked from the release tree"
+    return checkout_release(snapshot, live_dir, live, want), "checked out"
 
 
 def restore_mtimes(release_dir: str, since: float | None = None) -> int:
@@ -168,18 +233,26 @@ class ActionModule(ActionBase):
         try:
             version = int(args["version"])
             snapshot, release_dir = str(args["snapshot_git_dir"]), str(args["release_dir"])
-            created = False
+            created, sha = False, None
             if args.get("commit"):
                 sha, created = tag_version(snapshot, str(args["commit"]), version)
+            # The live tree first: it may be the release tree's current content, taken over by renames.
+            live, live_note = args.get("live_version"), ""
+            if live not in (None, "") and args.get("live_dir"):
+                live_sha, how = prepare_live(snapshot, release_dir, str(args["live_dir"]), int(live))
+                live_note = f"; live version {int(live)} ({live_sha[:12]}) {how} for comparison"
+            if sha is not None:
                 checkout_release(snapshot, release_dir, version, sha)
                 what = f"tag {version} = {sha[:12]} ({'created' if created else 'existing'}); release tree checked out"
             else:
                 sha = checkout_release(snapshot, release_dir, version)
                 what = f"version {version} ({sha[:12]}) checked out in {release_dir}"
-            live = args.get("live_version")
-            if live not in (None, "") and args.get("live_dir"):
-                live_sha = checkout_release(snapshot, str(args["live_dir"]), int(live))
-                what += f"; live version {int(live)} ({live_sha[:12]}) checked out for comparison"
+            what += live_note
+            if args.get("barrier_dir"):
+                # Where the hosts of this playbook run publish their drift checks (ferry_sync): empty it.
+                barrier = str(args["barrier_dir"])
+                shutil.rmtree(barrier, ignore_errors=True)
+                os.makedirs(barrier)
         except TagError as exc:
             return {**result, "failed": True, "msg": str(exc)}
         except (KeyError, ValueError, TypeError) as exc:

@@ -106,8 +106,10 @@ def make_exact(git_dir: str) -> bool:
     except OSError:
         pass
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
+    # Write aside and rename: a tree copied with hard links (ferry_tag's live tree) must not change its twin.
+    with open(path + ".tmp", "w", encoding="utf-8") as fh:
         fh.write(EXACT_ATTRIBUTES)
+    os.replace(path + ".tmp", path)
     # Stat data in an old index may describe files written under other rules: forget it, git rehashes.
     index = os.path.join(git_dir, "index")
     if os.path.exists(index):
