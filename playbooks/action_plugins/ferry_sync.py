@@ -8,11 +8,15 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import tempfile
 import time
 
 from ansible.errors import AnsibleConnectionFailure
 from ansible.plugins.action import ActionBase
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lib"))
+import ferry_listing  # noqa: E402  (playbooks/lib: shared by the plugins, copied into every run dir)
 
 MAX_MSG = 2048
 MAX_SAMPLE = 50
@@ -111,6 +115,26 @@ class Host:
             raise SyncError(msg[-MAX_MSG:])
         return res.get("stdout") or ""
 
+    def run(self, script: str) -> str:
+        """Run a shell script on the host through the same ssh as rsync (one session); return its stdout."""
+        if self.local:
+            return self.sh(script)
+        proc = subprocess.run(
+            [*shlex.split(self.rsh), self.host, script],
+            capture_output=True,
+            text=True,
+            errors="surrogateescape",
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+        if proc.returncode:
+            err = (proc.stderr.strip() or f"rc {proc.returncode}")[-MAX_MSG:]
+            if proc.returncode == 255:
+                raise SyncError(err, unreachable=True)
+            if PREPARE_FAILED in proc.stderr:
+                raise SyncError(err)
+        return proc.stdout
+
     def rsync(self, args: list[str], prepare: str | None = None, stop_mark: str = "") -> tuple[list[str], str]:
         """Run rsync on the controller; return its itemized change lines and its stderr.
 
@@ -176,7 +200,7 @@ class ActionModule(ActionBase):
                     "changed_files": 0,
                 }
             elif op == "stage":
-                checked = None
+                checked, out = None, None
                 if args.get("barrier"):
                     # In place, staging is going live: every host is checked, and waits for every other host's
                     # check, before any host writes (a barrier on the controller instead of a play of its own).
@@ -186,12 +210,21 @@ class ActionModule(ActionBase):
                 elif _flag(args.get("check_first")) and args.get("live_version") not in (None, ""):
                     # Atomic mode checks for drift in the same task (staging releases/N changes nothing live, and
                     # any_errors_fatal stops every host before the switch): one fork and round of events fewer.
-                    checked = self._check(host, root, version, args)
-                    if checked["state"] == "drifted":
-                        return self._check_result(result, host, checked)
-                out = self._stage(host, root, version, args)
+                    # On an ssh host the check first rides in the stage's own session (a guard before rsync);
+                    # only a host that does not match at a glance gets the full check.
+                    out = self._stage(host, root, version, args, guarded=True)
+                    if out is not None:
+                        checked = {"state": "in_sync", "version": int(args["live_version"]), "guarded": True}
+                    else:
+                        started = time.monotonic()
+                        checked = self._check(host, root, version, args)
+                        checked["seconds"] = {"check": round(time.monotonic() - started, 3)}
+                        if checked["state"] == "drifted":
+                            return self._check_result(result, host, checked)
+                if out is None:
+                    out = self._stage(host, root, version, args)
                 if checked is not None:
-                    out["check"] = {"state": checked["state"], "version": checked.get("version")}
+                    out["check"] = {k: checked[k] for k in ("state", "version", "seconds", "guarded") if k in checked}
             elif op == "switch":
                 out = self._switch(host, root, version, args)
             elif op == "prune":
@@ -230,11 +263,13 @@ class ActionModule(ActionBase):
         )
         return result
 
-    def _stage(self, host: Host, root: str, version: int, args: dict) -> dict:
+    def _stage(self, host: Host, root: str, version: int, args: dict, guarded: bool = False) -> dict | None:
         """Rsync release_dir to releases/N (atomic, hard-linked to the live release) or straight into root.
 
         A remote host needs one ssh session (the layout is made by rsync's --rsync-path prefix, which
-        also reports the live release); a local host gets a shell probe first.
+        also reports the live release); a local host gets a shell probe first. `guarded` (atomic, remote):
+        the prefix also checks that `current` is the live version and that its listing digest is the live
+        tree's; when not, nothing is staged and None is returned (the caller runs the full drift check).
         """
         src = str(args["release_dir"]).rstrip("/") + "/"
         if not os.path.isdir(src):
@@ -259,10 +294,19 @@ class ActionModule(ActionBase):
         mkdir = f"mkdir -p {' '.join(_q(d) for d in dirs)}"
         live_echo = f"echo {LIVE_MARK}$(readlink {_q(root + '/current')} 2>/dev/null)"
         prepare = f"{mkdir} || {{ echo {_q(PREPARE_FAILED)} >&2; exit 1; }}; {live_echo} >&2"
+        guard = self._guard(host, root, args) if guarded else None
+        if guarded and guard is None:
+            return None
+        if guard:
+            prepare += f"; {guard}"
         t0 = time.monotonic()
         probed = host.sh(f"{mkdir} || exit 1\n{live_echo}") if host.local else ""
         t1 = time.monotonic()
-        lines, stderr = host.rsync([*rsync_args, src, host.dest(dest + "/")], prepare=prepare)
+        lines, stderr = host.rsync(
+            [*rsync_args, src, host.dest(dest + "/")], prepare=prepare, stop_mark=SUSPECT_MARK if guard else ""
+        )
+        if guard and SUSPECT_MARK in stderr:
+            return None
         t2 = time.monotonic()
         m = re.search(rf"^{LIVE_MARK}(?:.*/)?(\d+)/?$", probed + stderr, re.MULTILINE)
         live = int(m.group(1)) if m and mode == "atomic" else None
@@ -273,6 +317,29 @@ class ActionModule(ActionBase):
         res = self._stage_result(version, live, lines, dest, [t0, t1, t2, time.monotonic()])
         res["changed"] = linked
         return res
+
+    @staticmethod
+    def _guard(host: Host, root: str, args: dict) -> str | None:
+        """Shell for the stage prefix that stops (SUSPECT_MARK) unless the host serves the live tree unchanged.
+
+        None when the fast comparison does not apply (a local host, shared paths with glob characters, an
+        atomic host without the live tree on the controller): the caller checks the full way first.
+        """
+        shared = [p.strip("/") for p in args.get("shared_paths") or [] if p.strip("/")]
+        live_dir = str(args.get("live_dir") or "")
+        if host.local or args.get("mode", "atomic") != "atomic" or not ferry_listing.usable(shared):
+            return None
+        if not os.path.isdir(live_dir):
+            return None
+        want = ferry_listing.expected(live_dir, shared)
+        if not want:
+            return None
+        cur = _q(f"{root}/current")
+        listing = ferry_listing.script(f"{root}/current/", shared)
+        return (
+            f'[ "$(readlink {cur})" = releases/{int(args["live_version"])} ] && [ "$({listing})" = {_q(want)} ] '
+            f"|| {{ echo {SUSPECT_MARK} >&2; exit 1; }}"
+        )
 
     def _link_shared(
         self,
@@ -422,10 +489,20 @@ rm -f {_q(tmp)} && ln -s releases/{version} {_q(tmp)} && mv -T {_q(tmp)} {_q(cur
         shared = [p.strip("/") for p in args.get("shared_paths") or [] if p.strip("/")]
         tree = f"{root}/current/" if mode == "atomic" else f"{root}/"
         probe = _check_probe(root, mode, shared)
-        found = host.sh(probe) if host.local else ""
         # checksum=true (verify --checksum): every file's content is compared, which also finds an edit that
         # kept both size and mtime; the fast path cannot see that one.
         deep = ["--checksum"] if _flag(args.get("checksum")) else []
+        if not deep and ferry_listing.usable(shared):
+            # Fast path: one command prints where current points and the live tree's listing digest; equal to
+            # the live version's tree → in sync, without a dry run (ferry_listing says why that is safe).
+            want = ferry_listing.expected(live_dir, shared)
+            out = host.run(f"{probe}\necho {LISTING_MARK}$({ferry_listing.script(tree, shared)})")
+            if NEW_MARK in out:
+                return {"state": "new", "version": None, "msg": "new host: nothing deployed yet"}
+            m = re.search(rf"^{LISTING_MARK}(.*)$", out, re.MULTILINE)
+            if want and m and m.group(1).strip() == want and _served(out, mode, live_version)[0] == live_version:
+                return {"state": "in_sync", "version": live_version, "msg": f"in sync with version {live_version}"}
+        found = host.sh(probe) if host.local else ""
         lines: list[str] = []
         if NEW_MARK not in found:
             lines, stderr = host.rsync(
@@ -436,11 +513,7 @@ rm -f {_q(tmp)} && ln -s releases/{version} {_q(tmp)} && mv -T {_q(tmp)} {_q(cur
             found += stderr
         if NEW_MARK in found:
             return {"state": "new", "version": None, "msg": "new host: nothing deployed yet"}
-        served = live_version
-        if mode == "atomic":
-            m = re.search(rf"^{LIVE_MARK}(.*)$", found, re.MULTILINE)
-            link = (m.group(1).strip().rstrip("/") if m else "") or "(not a symlink)"
-            served = int(link.rsplit("/", 1)[1]) if re.fullmatch(r"(.*/)?releases/\d+", link) else None
+        served, link = _served(found, mode, live_version)
         drift = self._drift(host, live_dir, tree, lines)
         target_dir = str(args.get("release_dir") or "")
         # An earlier run of this release may have got the host there already: atomic, a switch that could not
@@ -475,6 +548,7 @@ rm -f {_q(tmp)} && ln -s releases/{version} {_q(tmp)} && mv -T {_q(tmp)} {_q(cur
         first = args.get("live_version") in (None, "")
         check_args = args if not first else {**args, "live_dir": args["release_dir"], "live_version": version}
         verdict = {"ok": False, "why": "check did not finish"}
+        started = time.monotonic()
         try:
             checked = self._check(host, root, version, check_args)
             if first and checked["state"] == "drifted":
@@ -488,7 +562,9 @@ rm -f {_q(tmp)} && ln -s releases/{version} {_q(tmp)} && mv -T {_q(tmp)} {_q(cur
             _publish(barrier, host.name, verdict)
         if not verdict["ok"]:
             return checked
+        checked_at = time.monotonic()
         others = _wait_for(barrier, hosts, float(args.get("barrier_timeout") or BARRIER_TIMEOUT))
+        checked["seconds"] = {"check": round(checked_at - started, 3), "wait": round(time.monotonic() - checked_at, 3)}
         bad = sorted(h for h, v in others.items() if not v.get("ok"))
         if bad:
             why = ", ".join(f"{h} ({others[h].get('why', '?')})" for h in bad)
@@ -556,6 +632,8 @@ rm -f {_q(tmp)} && ln -s releases/{version} {_q(tmp)} && mv -T {_q(tmp)} {_q(cur
 
 
 NEW_MARK = "ferry-check=new"
+LISTING_MARK = "ferry-listing="
+SUSPECT_MARK = "ferry-check=look-closer"  # the stage's guard: the live tree does not match at a glance
 DRIFT_KINDS = ("added", "modified", "deleted")
 MAX_NAMED = 8  # files named in a drift message; the result lists them all (capped at MAX_LISTED)
 MAX_LISTED = 500
@@ -610,6 +688,15 @@ def _wait_for(barrier: str, hosts: list[str], timeout: float) -> dict[str, dict]
         if time.monotonic() > deadline:
             return {**{h: {"ok": False, "why": "no check within the time limit"} for h in hosts}, **got}
         time.sleep(0.02)
+
+
+def _served(found: str, mode: str, live_version: int) -> tuple[int | None, str]:
+    """Read the version a host serves from a probe's output (atomic: where `current` points)."""
+    if mode != "atomic":
+        return live_version, ""
+    m = re.search(rf"^{LIVE_MARK}(.*)$", found, re.MULTILINE)
+    link = (m.group(1).strip().rstrip("/") if m else "") or "(not a symlink)"
+    return (int(link.rsplit("/", 1)[1]) if re.fullmatch(r"(.*/)?releases/\d+", link) else None), link
 
 
 def _flag(value) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
@@ -68,28 +67,9 @@ def tag_version(snapshot: str, commit: str, version: int) -> tuple[str, bool]:
     return sha, True
 
 
-EXACT_MARK = "ferry-exact"  # in a tree's .git: the commit its work tree holds exactly (written last)
-
-
-def exact_at(tree: str) -> str | None:
-    """Return the commit a release tree holds exactly (its marker), or None when unknown or being changed."""
-    try:
-        with open(os.path.join(tree, ".git", EXACT_MARK), encoding="ascii") as fh:
-            return fh.read().strip() or None
-    except OSError:
-        return None
-
-
-def _mark_exact(tree: str, sha: str | None) -> None:
-    """Record (sha) or forget (None) the commit a tree holds exactly; renamed into place, never edited."""
-    path = os.path.join(tree, ".git", EXACT_MARK)
-    if sha is None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        return
-    with open(path + ".tmp", "w", encoding="ascii") as fh:
-        fh.write(sha + "\n")
-    os.replace(path + ".tmp", path)
+EXACT_MARK = ferry_tree.EXACT_MARK
+exact_at = ferry_tree.exact_at
+_mark_exact = ferry_tree.mark_exact
 
 
 def checkout_release(snapshot: str, release_dir: str, version: int, sha: str | None = None) -> str:

@@ -15,6 +15,7 @@ Used by the action plugins (in the run dir, for replays) and by jobs/snapshots.p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -23,6 +24,7 @@ import subprocess
 EXACT_ATTRIBUTES = "* -text -crlf -eol -filter -ident -working-tree-encoding\n"
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 TREE_MARK = "ferry-tree: "
+EXACT_MARK = "ferry-exact"  # in a release tree's .git: the commit its work tree holds exactly (written last)
 CONFIG = {
     "core.autocrlf": "false",
     "core.safecrlf": "false",
@@ -115,6 +117,27 @@ def make_exact(git_dir: str) -> bool:
     if os.path.exists(index):
         os.unlink(index)
     return True
+
+
+def exact_at(tree: str) -> str | None:
+    """Return the commit a release tree holds exactly (its marker), or None when unknown or being changed."""
+    try:
+        with open(os.path.join(tree, ".git", EXACT_MARK), encoding="ascii") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
+def mark_exact(tree: str, sha: str | None) -> None:
+    """Record (sha) or forget (None) the commit a tree holds exactly; renamed into place, never edited."""
+    path = os.path.join(tree, ".git", EXACT_MARK)
+    if sha is None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    with open(path + ".tmp", "w", encoding="ascii") as fh:
+        fh.write(sha + "\n")
+    os.replace(path + ".tmp", path)
 
 
 def tree_line(empty_dirs: list[str]) -> str:

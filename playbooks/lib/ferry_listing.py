@@ -1,0 +1,73 @@
+"""The drift check's fast path: one digest of a tree's listing, computed by the same shell on both sides.
+
+rsync's quick check (what a dry run compares) looks at each entry's type, size, mtime and permissions, and a
+symlink's target. The listing below holds exactly those for every entry of a tree (directory sizes, owners
+and directory times left out, as the check ignores them), sorted bytewise, and its SHA-1 is one line: the
+host prints it for its live tree, the controller for the live version's tree (once per tree, cached in its
+.git next to the exact marker). Equal digests mean a dry run would find nothing; any difference (or a host
+whose find cannot print the listing) sends the check to the full rsync dry run, which names the files.
+So the digest can only make a check faster, never make a changed host look unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shlex
+import subprocess
+
+import ferry_tree
+
+OK = "ferry-listing-ok"  # printed after find succeeded: a failed find never digests like a good one
+GLOB = set("*?[\\")
+
+
+def usable(shared: list[str]) -> bool:
+    """Whether the listing excludes shared paths as rsync does (rsync and find read glob characters apart)."""
+    return not any(GLOB & set(p) for p in shared)
+
+
+def script(tree: str, shared: list[str]) -> str:
+    """Return a POSIX shell command that prints the listing digest of `tree` (`<40 hex>  -`)."""
+    prune = ["-name .git", "-name .svn", *[f"-path {shlex.quote('./' + p)}" for p in shared]]
+    return (
+        f"cd {shlex.quote(tree)} && {{ find . -mindepth 1 \\( {' -o '.join(prune)} \\) -prune -o "
+        r"\( -type d -printf '%P\td\t%m\0' \) -o \( -type l -printf '%P\tl\t%l\0' \) -o "
+        rf"-printf '%P\t%y\t%s\t%T@\t%m\0' && printf '{OK}\0'; }} | LC_ALL=C sort -z | sha1sum"
+    )
+
+
+def local_digest(tree: str, shared: list[str]) -> str:
+    """Run the listing on the controller; return the digest line ('' when it failed)."""
+    proc = subprocess.run(["sh", "-c", script(tree, shared)], capture_output=True, text=True, check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def expected(tree: str, shared: list[str]) -> str:
+    """Return the digest of a controller tree, cached per exact commit and shared paths in the tree's .git.
+
+    The hosts of a release ask at once: a lock lets the first compute it and the others read it.
+    """
+    sha = ferry_tree.exact_at(tree)
+    if sha is None:
+        return local_digest(tree, shared)
+    key = f"{sha} {json.dumps(sorted(shared))}"
+    path = os.path.join(tree, ".git", "ferry-listing")
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cache: dict = {}
+        with contextlib.suppress(OSError, ValueError):
+            with open(path, encoding="utf-8") as fh:
+                cache = json.load(fh)
+        if key not in cache:
+            digest = local_digest(tree, shared)
+            if not digest:
+                return ""
+            cache = {k: v for k, v in cache.items() if k.startswith(sha)}  # older commits' entries go
+            cache[key] = digest
+            with open(path + ".tmp", "w", encoding="utf-8") as fh:
+                json.dump(cache, fh)
+            os.replace(path + ".tmp", path)
+        return cache[key]
