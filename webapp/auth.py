@@ -10,7 +10,6 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, current_app, flash, g, redirect, render_template, request, url_for
 from flask_babel import gettext as _
-from flask_babel import refresh as refresh_language
 from flask_login import current_user, login_required, login_user, logout_user
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -188,7 +187,7 @@ def profile():
             current_user.language = i18n.check_language(request.form.get("language"))
             current_user.timezone = i18n.check_timezone(request.form.get("timezone"))
             db.session.commit()
-            refresh_language()  # the message below is in the language just chosen
+            i18n.refresh()  # the message below is in the language just chosen
             flash(_("Preferences saved."), "success")
             return redirect(url_for("auth.profile"), code=303)
         else:

@@ -10,8 +10,9 @@ import functools
 import zoneinfo
 from datetime import UTC, datetime
 
-from flask import Flask, current_app, has_request_context, request
-from flask_babel import Babel, gettext, lazy_gettext, lazy_pgettext
+from flask import Flask, current_app, g, has_request_context, request
+from flask_babel import Babel, get_timezone, gettext, lazy_gettext, lazy_pgettext
+from flask_babel import refresh as babel_refresh
 from flask_login import current_user
 from markupsafe import Markup
 
@@ -136,10 +137,31 @@ ACTION_VERBS = {
 
 
 def label(token: object) -> str:
-    """Return the displayed label of a state, kind, role or status token (the token itself when unknown)."""
+    """Return the displayed label of a state, kind, role or status token (the token itself when unknown).
+
+    A page shows the same few labels many times (a badge per row): each is translated once per request and
+    kept on `g` with Flask-Babel's own per-request language (refresh() drops both).
+    """
     text = "" if token is None else str(token)
     found = LABELS.get(text)
-    return str(found) if found is not None else text
+    if found is None:
+        return text
+    if not has_request_context():
+        return str(found)
+    shown = g.get("_ferry_labels")
+    if shown is None:
+        shown = g._ferry_labels = {}
+    try:
+        return shown[text]
+    except KeyError:
+        shown[text] = translated = str(found)
+        return translated
+
+
+def refresh() -> None:
+    """Forget the request's language, time zone and translated labels (after the user changed them)."""
+    babel_refresh()
+    g.pop("_ferry_labels", None)
 
 
 def select_language() -> str:
@@ -158,12 +180,17 @@ def select_timezone() -> str:
     return current_app.config["FERRY_TIMEZONE"]
 
 
-def user_zone() -> zoneinfo.ZoneInfo:
-    """Return the page's time zone as a ZoneInfo."""
+def _zone() -> zoneinfo.ZoneInfo:
+    """Return the page's time zone as a ZoneInfo (Flask-Babel's time zone selector; it keeps it per request)."""
     try:
         return zoneinfo.ZoneInfo(select_timezone())
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         return zoneinfo.ZoneInfo("UTC")  # a zone removed from tzdata since it was chosen
+
+
+def user_zone() -> zoneinfo.ZoneInfo:
+    """Return the page's time zone as a ZoneInfo, chosen once per request (a page formats many dates)."""
+    return get_timezone()
 
 
 def localtime(value: object, fmt: str = "%Y-%m-%d %H:%M") -> str:
@@ -234,7 +261,7 @@ def init_app(app: Flask) -> None:
     babel.init_app(
         app,
         locale_selector=select_language,
-        timezone_selector=select_timezone,
+        timezone_selector=_zone,
         default_translation_directories=TRANSLATIONS_DIR,
     )
     app.jinja_env.globals.update(

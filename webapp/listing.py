@@ -167,18 +167,10 @@ def tickets_page(
         query = query.where(Ticket.kind == filters.kind)
     if filters.text:
         query = query.where(Ticket.reason.ilike(like_pattern(filters.text), escape="\\"))
-    # Many-to-one rows come once each through selectinload (projects are usually in the identity map already),
-    # not once per ticket through a join.
+    # Many-to-one rows come once each through selectinload, not once per ticket through a join.
     loads = [selectinload(Ticket.project), selectinload(Ticket.author)]
-    if full:  # the API's brief JSON: who approved, allowed actions and the last release run's hosts
-        loads += [
-            selectinload(Ticket.approved_by),
-            # Only release runs: the brief JSON shows the last one's hosts (serialize.ticket_json). The objects
-            # serve this one answer, so the narrowed collection is never read as "every run".
-            selectinload(Ticket.runs.and_(Run.stage == "release")).options(
-                defer(Run.log), defer(Run.outputs), selectinload(Run.hosts)
-            ),
-        ]
+    if full:  # the API's brief JSON and a lead's approvals: who approved, allowed actions (runs: serialize)
+        loads.append(selectinload(Ticket.approved_by))
     else:  # the list page's columns only
         shown = (Ticket.project_id, Ticket.kind, Ticket.state, Ticket.reason, Ticket.author_id, Ticket.version)
         loads.append(load_only(*shown, Ticket.updated_at))

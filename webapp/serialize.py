@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal, NotRequired
 
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 from typing_extensions import TypedDict
 
 from . import notify
 from .extensions import db
 from .fleet import fleet, is_pending
-from .models import HostState, Project, Release, Run, Ticket, User
+from .models import HostResult, HostState, Project, Release, Run, Ticket, User
 from .releases import batches_json, preview
 from .runs import progress
 from .stages import replay_argv, stage
@@ -307,10 +308,9 @@ def last_run(ticket: Ticket, stage: str | None = None) -> Run | None:
     return runs[-1] if runs else None
 
 
-def ticket_json(ticket: Ticket, user: User, brief: bool = False) -> TicketBriefJson | TicketJson:
-    """Return a ticket as the API shows it to `user`."""
-    release_run = last_run(ticket, "release")
-    data = {
+def _ticket_brief(ticket: Ticket, user: User, hosts: list[HostResultJson]) -> TicketBriefJson:
+    """Return a ticket as lists show it, with the hosts of its last release run."""
+    return {
         "id": ticket.id,
         "project": ticket.project.name,
         "kind": ticket.kind,
@@ -329,10 +329,39 @@ def ticket_json(ticket: Ticket, user: User, brief: bool = False) -> TicketBriefJ
         "allowed_actions": allowed_actions(ticket, user),
         "created_at": _iso(ticket.created_at),
         "updated_at": _iso(ticket.updated_at),
-        "hosts": run_json(release_run)["hosts"] if release_run else [],
+        "hosts": hosts,
     }
-    if brief:
-        return data
+
+
+def release_hosts(session: Session, ticket_ids: list[int]) -> dict[int, list[HostResultJson]]:
+    """Return, by ticket id, the host results of each ticket's last release run (one query for a whole list)."""
+    if not ticket_ids:
+        return {}
+    last_runs = (
+        select(func.max(Run.id)).where(Run.ticket_id.in_(ticket_ids), Run.stage == "release").group_by(Run.ticket_id)
+    )
+    rows = session.execute(
+        select(Run.ticket_id, HostResult.host, HostResult.status, HostResult.message)
+        .join(HostResult, HostResult.run_id == Run.id)
+        .where(Run.id.in_(last_runs))
+        .order_by(HostResult.host)  # as Run.hosts is ordered
+    )
+    hosts: dict[int, list[HostResultJson]] = {}
+    for ticket_id, host, status, message in rows:
+        hosts.setdefault(ticket_id, []).append({"host": host, "status": status, "message": message})
+    return hosts
+
+
+def tickets_brief_json(session: Session, tickets: list[Ticket], user: User) -> list[TicketBriefJson]:
+    """Return a page of tickets as the API's list shows them (one query for their hosts, no Run objects)."""
+    hosts = release_hosts(session, [t.id for t in tickets])
+    return [_ticket_brief(t, user, hosts.get(t.id, [])) for t in tickets]
+
+
+def ticket_json(ticket: Ticket, user: User) -> TicketJson:
+    """Return a ticket as the API shows it to `user` (lists show less: tickets_brief_json)."""
+    release_run = last_run(ticket, "release")
+    data = _ticket_brief(ticket, user, run_json(release_run)["hosts"] if release_run else [])
     if ticket.state in CHANGE_STATES:
         data["changes"] = preview(db.session, ticket)
     data["last_run"] = run_json(last_run(ticket))

@@ -6,6 +6,7 @@ and jobs fire the system events through `system_transition`. Nothing else decide
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -195,6 +196,12 @@ def transition(ticket: TicketFacts, actor: Actor, action: str) -> State:
 
 def allowed_actions(ticket: TicketFacts, actor: Actor) -> list[str]:
     """Return the user actions `actor` may fire now, in display order."""
+    return list(_allowed_actions(ticket, actor))
+
+
+@functools.lru_cache(maxsize=4096)
+def _allowed_actions(ticket: TicketFacts, actor: Actor) -> tuple[str, ...]:
+    """Return allowed_actions as a tuple, remembered: a list asks it for many tickets with the same facts."""
     allowed = []
     for action in USER_ACTIONS:
         try:
@@ -202,7 +209,7 @@ def allowed_actions(ticket: TicketFacts, actor: Actor) -> list[str]:
         except TransitionError:
             continue
         allowed.append(action)
-    return allowed
+    return tuple(allowed)
 
 
 def system_transition(event: str, state: State) -> State:

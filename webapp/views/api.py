@@ -40,6 +40,7 @@ from ..serialize import (
     replay_command,
     run_json,
     ticket_json,
+    tickets_brief_json,
 )
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -91,7 +92,7 @@ def list_tickets():
     page = listing.tickets_page(
         db.session, g.api_user, filters, listing.page_size(request.args.get("limit")), _cursor()
     )
-    return _page_json(page, lambda t: ticket_json(t, g.api_user, brief=True))
+    return jsonify(items=tickets_brief_json(db.session, page.items, g.api_user), next=page.next)
 
 
 def _cursor() -> int | None:
