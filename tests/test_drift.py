@@ -267,6 +267,40 @@ def test_hosts_api_shapes_and_permissions(flow, world, app, client):
     assert states(world.project.id)["web2"].state == "drifted"
 
 
+def stage_checks(ticket_id: int) -> dict[str, dict]:
+    """Return each host's drift check as its stage result recorded it, for the ticket's newest release run."""
+    run = db.session.scalars(
+        select(Run).where(Run.ticket_id == ticket_id, Run.stage == "release").order_by(Run.id.desc())
+    ).first()
+    out = {}
+    for path in Path(run.run_dir).glob("artifacts/*/job_events/*.json"):
+        event = json.loads(path.read_text())
+        data = event.get("event_data") or {}
+        if event.get("event") == "runner_on_ok" and data.get("task") == "Stage release":
+            for host, item in data["res"]["ferry"]["sync"].items():
+                out[host] = {**(item["stage"].get("check") or {}), "delta": item["stage"].get("delta", False)}
+    return out
+
+
+@pytest.mark.parametrize("mode", ["atomic", "inplace"])
+def test_hosts_in_sync_take_the_fast_path(flow, world, mode):
+    """An unchanged host is found in sync by its listing digest alone (no dry run), inside the stage task."""
+    world.project.deploy_mode = mode
+    db.session.commit()
+    flow.ship({"index.html": "<h1>v1</h1>\n"}, "v1")
+    checks = stage_checks(flow.ship({"index.html": "<h1>v2</h1>\n"}, "v2")["id"])
+    assert set(checks) == set(world.hosts.roots)
+    for host, check in checks.items():
+        assert (check["state"], check["version"], check.get("fast")) == ("in_sync", 1, True), (host, check)
+        if mode == "inplace":  # behind the barrier: every host checked before any host wrote
+            assert {"check", "wait", "host", "controller"} <= set(check["seconds"]), check
+        # In place, a host found holding exactly the live tree gets only what changed (and still ends exact).
+        assert check["delta"] is (mode == "inplace"), (host, check)
+    trees = {h: tree_of(live_dir(world, h)) for h in world.hosts.roots}
+    assert all(t["index.html"] == (b"<h1>v2</h1>\n", False) for t in trees.values())
+    assert len({repr(sorted(t.items())) for t in trees.values()}) == 1
+
+
 @pytest.mark.parametrize("forks", [3, 1])
 def test_inplace_one_drifted_host_stops_every_host(flow, world, app, forks):
     """In place, one host changed by hand: no host is synced, whether the stage task checks behind a barrier on

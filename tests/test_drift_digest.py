@@ -104,3 +104,51 @@ def test_expected_digest_is_cached_per_exact_commit(trees):
 def test_glob_characters_in_shared_paths_skip_the_fast_path():
     assert ferry_listing.usable(["uploads", "config/local.php"])
     assert not ferry_listing.usable(["cache/*"])
+
+
+def _apply(delta: list[bytes], src: Path, dest: Path) -> subprocess.CompletedProcess:
+    """Sync only the delta's paths, as ferry_sync's in-place delta stage does."""
+    listing = dest.parent / "delta"
+    listing.write_bytes(b"".join(p + b"\0" for p in delta))
+    argv = [
+        "rsync",
+        "-a",
+        "-i",
+        "--ignore-times",
+        f"--files-from={listing}",
+        "--from0",
+        "--delete-missing-args",
+        "--force",
+    ]
+    argv += ["--exclude=.git", "--exclude=.svn", *[f"--exclude=/{p}" for p in SHARED], f"{src}/", f"{dest}/"]
+    return subprocess.run(argv, capture_output=True, text=True)
+
+
+def _differences(src: Path, dest: Path) -> list[str]:
+    """What a full rsync -a --delete would still change (directory times aside)."""
+    argv = ["rsync", "-a", "-i", "--dry-run", "--delete", "--omit-dir-times", "--exclude=.git", "--exclude=.svn"]
+    argv += [*[f"--exclude=/{p}" for p in SHARED], f"{src}/", f"{dest}/"]
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.splitlines()
+
+
+NEXT_VERSION = {
+    **CHANGES,
+    "dir deleted with its content": lambda t: shutil.rmtree(t / "usr"),
+    "dir became a file": lambda t: (shutil.rmtree(t / "img"), (t / "img").write_text("now a file\n")),
+    "new nested dirs": lambda t: (t / "a" / "b").mkdir(parents=True) or (t / "a" / "b" / "c.php").write_text("c"),
+    "nothing": lambda t: None,
+}
+
+
+@pytest.mark.parametrize("case", sorted(NEXT_VERSION))
+def test_delta_turns_a_host_holding_the_live_tree_into_the_next_version(tmp_path, trees, case):
+    """live (on the host, exactly) + delta(next, live) synced = next, for every kind of change; shared kept."""
+    live, host = trees
+    nxt = _copy(live, tmp_path / "next")
+    NEXT_VERSION[case](nxt)
+    (host / "uploads" / "cat.jpg").write_bytes(b"the host's own")
+    proc = _apply(ferry_listing.delta(str(nxt), str(live), SHARED), nxt, host)
+    assert proc.returncode == 0, proc.stderr
+    assert _differences(nxt, host) == []
+    assert (host / "uploads" / "cat.jpg").read_bytes() == b"the host's own"
+    assert _digest(host) == _digest(nxt)

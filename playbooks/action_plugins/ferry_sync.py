@@ -207,6 +207,9 @@ class ActionModule(ActionBase):
                     checked = self._check_all_first(host, root, version, args, task_vars or {})
                     if checked["state"] == "drifted" or checked.get("held"):
                         return self._check_result(result, host, checked)
+                    if checked.get("delta"):
+                        out = self._stage(host, root, version, {**args, "delta": checked["delta"]})
+                        out["delta"] = True
                 elif _flag(args.get("check_first")) and args.get("live_version") not in (None, ""):
                     # Atomic mode checks for drift in the same task (staging releases/N changes nothing live, and
                     # any_errors_fatal stops every host before the switch): one fork and round of events fewer.
@@ -224,7 +227,9 @@ class ActionModule(ActionBase):
                 if out is None:
                     out = self._stage(host, root, version, args)
                 if checked is not None:
-                    out["check"] = {k: checked[k] for k in ("state", "version", "seconds", "guarded") if k in checked}
+                    out["check"] = {
+                        k: checked[k] for k in ("state", "version", "seconds", "guarded", "fast") if k in checked
+                    }
             elif op == "switch":
                 out = self._switch(host, root, version, args)
             elif op == "prune":
@@ -279,7 +284,12 @@ class ActionModule(ActionBase):
             raise SyncError(f"unknown mode {mode!r}")
         # Shared paths belong to the hosts in both modes: never deleted, never overwritten by a release.
         shared = [p.strip("/") for p in args.get("shared_paths") or [] if p.strip("/")]
-        if mode == "inplace":
+        if mode == "inplace" and args.get("delta"):
+            # The host was found holding exactly the live tree: send only what differs from it to N.
+            dest, dirs = f"{root}/", [root]
+            rsync_args = [f"--files-from={args['delta']}", *ferry_listing.DELTA_ARGS, *EXCLUDES]
+            rsync_args += [f"--exclude=/{p}" for p in shared]
+        elif mode == "inplace":
             dest, dirs = f"{root}/", [root]
             rsync_args = ["--delete", *EXCLUDES, *[f"--exclude=/{p}" for p in shared]]
         else:
@@ -315,6 +325,9 @@ class ActionModule(ActionBase):
         else:
             linked = self._link_shared(host, root, dest, shared, src) if shared else False
         res = self._stage_result(version, live, lines, dest, [t0, t1, t2, time.monotonic()])
+        g = re.search(rf"^{GUARD_MARK}(\d+)$", stderr, re.MULTILINE)
+        if g:
+            res["seconds"]["check"] = round(int(g.group(1)) / 1e9, 3)
         res["changed"] = linked
         return res
 
@@ -337,8 +350,9 @@ class ActionModule(ActionBase):
         cur = _q(f"{root}/current")
         listing = ferry_listing.script(f"{root}/current/", shared)
         return (
+            "t0=$(date +%s%N); "
             f'[ "$(readlink {cur})" = releases/{int(args["live_version"])} ] && [ "$({listing})" = {_q(want)} ] '
-            f"|| {{ echo {SUSPECT_MARK} >&2; exit 1; }}"
+            f"|| {{ echo {SUSPECT_MARK} >&2; exit 1; }}; echo {GUARD_MARK}$(( $(date +%s%N) - t0 )) >&2"
         )
 
     def _link_shared(
@@ -495,13 +509,21 @@ rm -f {_q(tmp)} && ln -s releases/{version} {_q(tmp)} && mv -T {_q(tmp)} {_q(cur
         if not deep and ferry_listing.usable(shared):
             # Fast path: one command prints where current points and the live tree's listing digest; equal to
             # the live version's tree → in sync, without a dry run (ferry_listing says why that is safe).
+            t0 = time.monotonic()
             want = ferry_listing.expected(live_dir, shared)
+            t1 = time.monotonic()
             out = host.run(f"{probe}\necho {LISTING_MARK}$({ferry_listing.script(tree, shared)})")
             if NEW_MARK in out:
                 return {"state": "new", "version": None, "msg": "new host: nothing deployed yet"}
             m = re.search(rf"^{LISTING_MARK}(.*)$", out, re.MULTILINE)
             if want and m and m.group(1).strip() == want and _served(out, mode, live_version)[0] == live_version:
-                return {"state": "in_sync", "version": live_version, "msg": f"in sync with version {live_version}"}
+                return {
+                    "state": "in_sync",
+                    "version": live_version,
+                    "msg": f"in sync with version {live_version}",
+                    "fast": True,
+                    "digest_seconds": {"controller": round(t1 - t0, 3), "host": round(time.monotonic() - t1, 3)},
+                }
         found = host.sh(probe) if host.local else ""
         lines: list[str] = []
         if NEW_MARK not in found:
@@ -562,9 +584,19 @@ rm -f {_q(tmp)} && ln -s releases/{version} {_q(tmp)} && mv -T {_q(tmp)} {_q(cur
             _publish(barrier, host.name, verdict)
         if not verdict["ok"]:
             return checked
+        if checked.get("fast") and not first and not _flag(args.get("overwrite_drift")):
+            # The host holds exactly the live tree: it needs only what differs between it and N (made once,
+            # by the first host here, while the others still check).
+            shared = [p.strip("/") for p in args.get("shared_paths") or [] if p.strip("/")]
+            new, old = str(args["release_dir"]), str(args["live_dir"])
+            checked["delta"] = ferry_listing.delta_file(barrier, new, old, shared)
         checked_at = time.monotonic()
         others = _wait_for(barrier, hosts, float(args.get("barrier_timeout") or BARRIER_TIMEOUT))
-        checked["seconds"] = {"check": round(checked_at - started, 3), "wait": round(time.monotonic() - checked_at, 3)}
+        checked["seconds"] = {
+            "check": round(checked_at - started, 3),
+            "wait": round(time.monotonic() - checked_at, 3),
+            **checked.pop("digest_seconds", {}),
+        }
         bad = sorted(h for h, v in others.items() if not v.get("ok"))
         if bad:
             why = ", ".join(f"{h} ({others[h].get('why', '?')})" for h in bad)
@@ -634,6 +666,7 @@ rm -f {_q(tmp)} && ln -s releases/{version} {_q(tmp)} && mv -T {_q(tmp)} {_q(cur
 NEW_MARK = "ferry-check=new"
 LISTING_MARK = "ferry-listing="
 SUSPECT_MARK = "ferry-check=look-closer"  # the stage's guard: the live tree does not match at a glance
+GUARD_MARK = "ferry-guard-ns="  # how long the guard took on the host
 DRIFT_KINDS = ("added", "modified", "deleted")
 MAX_NAMED = 8  # files named in a drift message; the result lists them all (capped at MAX_LISTED)
 MAX_LISTED = 500

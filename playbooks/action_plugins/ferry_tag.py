@@ -7,10 +7,12 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from ansible.plugins.action import ActionBase
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lib"))
+import ferry_listing  # noqa: E402
 import ferry_tree  # noqa: E402  (playbooks/lib: shared by the plugins, copied into every run dir)
 
 MAX_MSG = 2048
@@ -94,8 +96,6 @@ def checkout_release(snapshot: str, release_dir: str, version: int, sha: str | N
     # ctime is not trusted: a hard-linked copy of the tree (prepare_live) changes every file's ctime, not its bytes.
     repo = "-c", "core.trustctime=false", f"--git-dir={release_dir}/.git", f"--work-tree={release_dir}"
     _git(*repo, "fetch", "-q", "--force", snapshot, "+refs/tags/*:refs/tags/*")
-    if _resolve(f"{release_dir}/.git", f"refs/tags/{version}") != want:
-        raise TagError(f"tag {version} in {release_dir} does not point to {want}")
     started = time.time()
     _git(*repo, "checkout", "-q", "-f", "--detach", f"refs/tags/{version}^{{commit}}")
     # -x as well: the tree must be exactly the tag, with no leftovers from an older checkout; -d also drops
@@ -217,16 +217,26 @@ class ActionModule(ActionBase):
             if args.get("commit"):
                 sha, created = tag_version(snapshot, str(args["commit"]), version)
             # The live tree first: it may be the release tree's current content, taken over by renames.
-            live, live_note = args.get("live_version"), ""
+            live, live_note, digest = args.get("live_version"), "", None
             if live not in (None, "") and args.get("live_dir"):
-                live_sha, how = prepare_live(snapshot, release_dir, str(args["live_dir"]), int(live))
+                live_dir = str(args["live_dir"])
+                live_sha, how = prepare_live(snapshot, release_dir, live_dir, int(live))
                 live_note = f"; live version {int(live)} ({live_sha[:12]}) {how} for comparison"
+                shared = [p.strip("/") for p in args.get("shared_paths") or [] if p.strip("/")]
+                if args.get("listing") and ferry_listing.usable(shared):
+                    # The drift check's digest of the live tree, while the release tree is checked out (the
+                    # hosts' checks then read it from the cache instead of waiting for one of them to make it).
+                    pool = ThreadPoolExecutor(1)
+                    digest = pool.submit(ferry_listing.expected, live_dir, shared)
+                    pool.shutdown(wait=False)  # the thread ends with its one job
             if sha is not None:
                 checkout_release(snapshot, release_dir, version, sha)
                 what = f"tag {version} = {sha[:12]} ({'created' if created else 'existing'}); release tree checked out"
             else:
                 sha = checkout_release(snapshot, release_dir, version)
                 what = f"version {version} ({sha[:12]}) checked out in {release_dir}"
+            if digest is not None:
+                digest.result()
             what += live_note
             if args.get("barrier_dir"):
                 # Where the hosts of this playbook run publish their drift checks (ferry_sync): empty it.
