@@ -10,11 +10,11 @@ import functools
 import zoneinfo
 from datetime import UTC, datetime
 
-from flask import Flask, current_app, g, has_request_context, request
-from flask_babel import Babel, get_timezone, gettext, lazy_gettext, lazy_pgettext
+from flask import Flask, current_app, has_request_context, request
+from flask_babel import Babel, get_translations, gettext, lazy_gettext, lazy_pgettext
 from flask_babel import refresh as babel_refresh
 from flask_login import current_user
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from .errors import BadInput, DomainError
 
@@ -136,32 +136,90 @@ ACTION_VERBS = {
 }
 
 
+class _PageMemo:
+    """What one request looked up for its page: translated labels, the time zone, the catalog."""
+
+    __slots__ = ("labels", "zone", "translations")
+
+    def __init__(self) -> None:
+        self.labels: dict[str, str] = {}
+        self.zone: zoneinfo.ZoneInfo | None = None
+        self.translations = None
+
+
+def _memo() -> _PageMemo | None:
+    """Return the current request's memo (None outside a request).
+
+    Kept on the request, not on `g`: an app context can outlive a request (tests reuse one), a request cannot.
+    """
+    if not has_request_context():
+        return None
+    try:
+        return request._ferry_i18n
+    except AttributeError:
+        memo = request._ferry_i18n = _PageMemo()
+        return memo
+
+
 def label(token: object) -> str:
     """Return the displayed label of a state, kind, role or status token (the token itself when unknown).
 
-    A page shows the same few labels many times (a badge per row): each is translated once per request and
-    kept on `g` with Flask-Babel's own per-request language (refresh() drops both).
+    A page shows the same few labels many times (a badge per row): each is translated once per request.
     """
     text = "" if token is None else str(token)
     found = LABELS.get(text)
     if found is None:
         return text
-    if not has_request_context():
+    memo = _memo()
+    if memo is None:
         return str(found)
-    shown = g.get("_ferry_labels")
-    if shown is None:
-        shown = g._ferry_labels = {}
     try:
-        return shown[text]
+        return memo.labels[text]
     except KeyError:
-        shown[text] = translated = str(found)
+        memo.labels[text] = translated = str(found)
         return translated
 
 
+# Bootstrap colour of each ticket state's badge.
+STATE_COLORS = {
+    "pending_staging": "secondary",
+    "staging_updating": "info",
+    "staging_failed": "danger",
+    "testing": "primary",
+    "returned": "warning",
+    "pending_approval": "warning",
+    "rejected": "danger",
+    "approved": "success",
+    "releasing": "info",
+    "release_failed": "danger",
+    "released": "success",
+    "cancelled": "dark",
+}
+
+
+def state_badge(state: str) -> Markup:
+    """Return a ticket state's badge: its label, coloured, with the state token in data-state (a filter per row)."""
+    color = STATE_COLORS.get(state, "secondary")
+    return Markup(
+        f'<span class="badge text-bg-{color} state-badge" data-state="{escape(state)}">{escape(label(state))}</span>'
+    )
+
+
+def page_translations():
+    """Return the request's catalog (Flask-Babel's for the page's language), looked up once per request."""
+    memo = _memo()
+    if memo is None:
+        return get_translations()
+    if memo.translations is None:
+        memo.translations = get_translations()
+    return memo.translations
+
+
 def refresh() -> None:
-    """Forget the request's language, time zone and translated labels (after the user changed them)."""
+    """Forget the request's language, time zone, catalog and labels (after the user changed them)."""
     babel_refresh()
-    g.pop("_ferry_labels", None)
+    if _memo() is not None:
+        del request._ferry_i18n
 
 
 def select_language() -> str:
@@ -180,17 +238,22 @@ def select_timezone() -> str:
     return current_app.config["FERRY_TIMEZONE"]
 
 
+def user_zone() -> zoneinfo.ZoneInfo:
+    """Return the page's time zone as a ZoneInfo, chosen once per request (a page formats many dates)."""
+    memo = _memo()
+    if memo is None:
+        return _zone()
+    if memo.zone is None:
+        memo.zone = _zone()
+    return memo.zone
+
+
 def _zone() -> zoneinfo.ZoneInfo:
-    """Return the page's time zone as a ZoneInfo (Flask-Babel's time zone selector; it keeps it per request)."""
+    """Return the time zone select_timezone names as a ZoneInfo."""
     try:
         return zoneinfo.ZoneInfo(select_timezone())
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         return zoneinfo.ZoneInfo("UTC")  # a zone removed from tzdata since it was chosen
-
-
-def user_zone() -> zoneinfo.ZoneInfo:
-    """Return the page's time zone as a ZoneInfo, chosen once per request (a page formats many dates)."""
-    return get_timezone()
 
 
 def localtime(value: object, fmt: str = "%Y-%m-%d %H:%M") -> str:
@@ -261,8 +324,16 @@ def init_app(app: Flask) -> None:
     babel.init_app(
         app,
         locale_selector=select_language,
-        timezone_selector=_zone,
+        timezone_selector=select_timezone,
         default_translation_directories=TRANSLATIONS_DIR,
+    )
+    # Templates' _() and friends, as Flask-Babel installs them but with the request's catalog looked up once.
+    app.jinja_env.install_gettext_callables(
+        gettext=lambda s: page_translations().ugettext(s),
+        ngettext=lambda s, p, n: page_translations().ungettext(s, p, n),
+        newstyle=True,
+        pgettext=lambda c, s: page_translations().upgettext(c, s),
+        npgettext=lambda c, s, p, n: page_translations().unpgettext(c, s, p, n),
     )
     app.jinja_env.globals.update(
         label=label, zone_name=zone_name, languages=LANGUAGES, current_language=select_language
@@ -271,5 +342,6 @@ def init_app(app: Flask) -> None:
     # Host statuses the live log's progress table shows (static/ferry.js reads them from data-labels).
     app.jinja_env.globals["progress_labels"] = progress_labels
     app.jinja_env.filters["label"] = label
+    app.jinja_env.filters["state_badge"] = state_badge
     # A page's <html lang>: "zh-CN" for zh_CN.
     app.jinja_env.globals["html_lang"] = lambda: Markup(select_language().replace("_", "-"))

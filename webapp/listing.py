@@ -13,9 +13,11 @@ import binascii
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import Select, select
-from sqlalchemy.orm import Session, defer, joinedload, load_only, selectinload
+from sqlalchemy.orm import Session, defer, joinedload, selectinload
 
 from . import validation
 from .errors import BadInput
@@ -101,12 +103,24 @@ def like_pattern(text: str) -> str:
     return f"%{escaped}%"
 
 
+def _rows(session: Session, query: Select, columns: bool) -> list:
+    """Return the query's ORM objects, or with `columns` its rows (named tuples, no ORM objects)."""
+    return list(session.execute(query)) if columns else list(session.scalars(query).unique())
+
+
 def keyset(
-    session: Session, query: Select, key, limit: int, after: int | None, before: int | None, key_of: Callable
+    session: Session,
+    query: Select,
+    key,
+    limit: int,
+    after: int | None,
+    before: int | None,
+    key_of: Callable,
+    columns: bool = False,
 ) -> Page:
     """Run `query` for one page, newest first by `key`: older than `after`, or the page just newer than `before`."""
     if before is not None:
-        rows = list(session.scalars(query.where(key > before).order_by(key.asc()).limit(limit + 1)).unique())
+        rows = _rows(session, query.where(key > before).order_by(key.asc()).limit(limit + 1), columns)
         newer = len(rows) > limit
         rows = rows[:limit][::-1]
         return Page(
@@ -116,7 +130,7 @@ def keyset(
         )
     if after is not None:
         query = query.where(key < after)
-    rows = list(session.scalars(query.order_by(key.desc()).limit(limit + 1)).unique())
+    rows = _rows(session, query.order_by(key.desc()).limit(limit + 1), columns)
     older = len(rows) > limit
     rows = rows[:limit]
     return Page(
@@ -144,17 +158,9 @@ def _user_id(username: str):
     return select(User.id).where(User.username == username).scalar_subquery()
 
 
-def tickets_page(
-    session: Session,
-    user: User,
-    filters: TicketFilters,
-    limit: int = DEFAULT_LIMIT,
-    after: int | None = None,
-    before: int | None = None,
-    full: bool = True,
-) -> Page:
-    """Return one page of the tickets `user` may see, newest first; `full` loads what the API's JSON needs."""
-    query = visible_only(select(Ticket), Ticket.project_id, user, lead_only=filters.waiting_for is not None)
+def _filtered_tickets(query: Select, user: User, filters: TicketFilters) -> Select:
+    """Narrow a query over tickets to the ones `user` may see that match `filters`."""
+    query = visible_only(query, Ticket.project_id, user, lead_only=filters.waiting_for is not None)
     if filters.project:
         query = query.where(Ticket.project_id == _project_id(filters.project))
     if filters.waiting_for is not None:
@@ -167,14 +173,77 @@ def tickets_page(
         query = query.where(Ticket.kind == filters.kind)
     if filters.text:
         query = query.where(Ticket.reason.ilike(like_pattern(filters.text), escape="\\"))
-    # Many-to-one rows come once each through selectinload, not once per ticket through a join.
-    loads = [selectinload(Ticket.project), selectinload(Ticket.author)]
-    if full:  # the API's brief JSON and a lead's approvals: who approved, allowed actions (runs: serialize)
-        loads.append(selectinload(Ticket.approved_by))
-    else:  # the list page's columns only
-        shown = (Ticket.project_id, Ticket.kind, Ticket.state, Ticket.reason, Ticket.author_id, Ticket.version)
-        loads.append(load_only(*shown, Ticket.updated_at))
-    return keyset(session, query.options(*loads), Ticket.id, limit, after, before, lambda t: t.id)
+    return query
+
+
+def tickets_page(
+    session: Session,
+    user: User,
+    filters: TicketFilters,
+    limit: int = DEFAULT_LIMIT,
+    after: int | None = None,
+    before: int | None = None,
+) -> Page:
+    """Return one page of the tickets `user` may see, newest first, with what the API's brief JSON needs."""
+    # Many-to-one rows come once each through selectinload, not once per ticket through a join; the hosts of
+    # the last release runs come in one query of their own (serialize.tickets_brief_json).
+    query = _filtered_tickets(select(Ticket), user, filters).options(
+        selectinload(Ticket.project), selectinload(Ticket.author), selectinload(Ticket.approved_by)
+    )
+    return keyset(session, query, Ticket.id, limit, after, before, lambda t: t.id)
+
+
+class TicketRow(NamedTuple):
+    """A ticket as the list page shows it."""
+
+    id: int
+    project_name: str
+    kind: str
+    state: str
+    reason: str
+    author_name: str
+    version: int | None
+    updated_at: datetime
+
+
+TICKET_ROW = (
+    Ticket.id,
+    Project.name.label("project_name"),
+    Ticket.kind,
+    Ticket.state,
+    Ticket.reason,
+    User.username.label("author_name"),
+    Ticket.version,
+    Ticket.updated_at,
+)
+
+
+def ticket_row(ticket: Ticket) -> TicketRow:
+    """Return a loaded ticket as the list page shows it."""
+    return TicketRow(
+        ticket.id,
+        ticket.project.name,
+        ticket.kind,
+        ticket.state,
+        ticket.reason,
+        ticket.author.username,
+        ticket.version,
+        ticket.updated_at,
+    )
+
+
+def ticket_rows_page(
+    session: Session,
+    user: User,
+    filters: TicketFilters,
+    limit: int = DEFAULT_LIMIT,
+    after: int | None = None,
+    before: int | None = None,
+) -> Page:
+    """Return one page of the list page's rows (TicketRow: the shown columns only, one query), newest first."""
+    query = _filtered_tickets(select(*TICKET_ROW), user, filters)
+    query = query.join(Project, Project.id == Ticket.project_id).join(User, User.id == Ticket.author_id)
+    return keyset(session, query, Ticket.id, limit, after, before, lambda row: row.id, columns=True)
 
 
 def releases_page(session: Session, project: Project, limit: int = DEFAULT_LIMIT, after: int | None = None) -> Page:

@@ -47,6 +47,13 @@ def visible_projects() -> list[Project]:
     return [p for p in projects if tickets.can_see(current_user, p)]
 
 
+def visible_project_names() -> list[str]:
+    """Return the names of the projects the current user may see, in order (the ticket list's filter)."""
+    return list(
+        db.session.scalars(listing.visible_only(select(Project.name), Project.id, current_user).order_by(Project.name))
+    )
+
+
 @bp.get("/")
 @login_required
 def index():
@@ -58,30 +65,30 @@ def index():
 @login_required
 def ticket_list():
     """List tickets a page at a time, newest first, filtered; `waiting=me` shows a lead's approvals."""
-    projects = visible_projects()
     filters = listing.ticket_filters(request.args)
     waiting = request.args.get("waiting") == "me"
     if waiting:
         filters.waiting_for = current_user
-    page = listing.tickets_page(
+    page_of = listing.tickets_page if waiting else listing.ticket_rows_page  # waiting: allowed actions need tickets
+    page = page_of(
         db.session,
         current_user,
         filters,
         listing.page_size(request.args.get("limit")),
         after=listing.decode_cursor(request.args.get("cursor")),
         before=listing.decode_cursor(request.args.get("before"), "before"),
-        full=waiting,  # the plain list shows no buttons: no runs or approvals to load
     )
     rows = page.items
     if waiting:
-        rows = [t for t in rows if workflow.APPROVE in tickets.allowed_actions(t, current_user)]
+        allowed = [t for t in rows if workflow.APPROVE in tickets.allowed_actions(t, current_user)]
+        rows = [listing.ticket_row(t) for t in allowed]
     keep = {**filters.query_args(), **({"waiting": "me"} if waiting else {})}
     if request.args.get("limit"):
         keep["limit"] = request.args["limit"]
     return render_template(
         "tickets.html",
         tickets=rows,
-        projects=projects,
+        project_names=visible_project_names(),
         states=list(State),
         kinds=list(Kind),
         filters=filters,
