@@ -114,6 +114,12 @@ def checkout_release(snapshot: str, release_dir: str, version: int, sha: str | N
     return want
 
 
+def _live_listing(live_dir: str, shared: list[str], entries: bool) -> dict | None:
+    """Cache the live tree's listing digest; return its entries too when asked (in place: for the delta)."""
+    ferry_listing.expected(live_dir, shared)
+    return ferry_listing.entries(live_dir, shared) if entries else None
+
+
 def prepare_live(snapshot: str, release_dir: str, live_dir: str, live: int) -> tuple[str, str]:
     """Make live_dir hold exactly the live version's tree, as cheaply as possible; return (commit, how).
 
@@ -218,16 +224,16 @@ class ActionModule(ActionBase):
                 sha, created = tag_version(snapshot, str(args["commit"]), version)
             # The live tree first: it may be the release tree's current content, taken over by renames.
             live, live_note, digest = args.get("live_version"), "", None
+            shared = [p.strip("/") for p in args.get("shared_paths") or [] if p.strip("/")]
             if live not in (None, "") and args.get("live_dir"):
                 live_dir = str(args["live_dir"])
                 live_sha, how = prepare_live(snapshot, release_dir, live_dir, int(live))
                 live_note = f"; live version {int(live)} ({live_sha[:12]}) {how} for comparison"
-                shared = [p.strip("/") for p in args.get("shared_paths") or [] if p.strip("/")]
                 if args.get("listing") and ferry_listing.usable(shared):
-                    # The drift check's digest of the live tree, while the release tree is checked out (the
-                    # hosts' checks then read it from the cache instead of waiting for one of them to make it).
+                    # While the release tree is checked out: the drift check's digest of the live tree (the hosts'
+                    # checks read it from the cache) and, in place, the live tree's entries for the delta below.
                     pool = ThreadPoolExecutor(1)
-                    digest = pool.submit(ferry_listing.expected, live_dir, shared)
+                    digest = pool.submit(_live_listing, live_dir, shared, bool(args.get("barrier_dir")))
                     pool.shutdown(wait=False)  # the thread ends with its one job
             if sha is not None:
                 checkout_release(snapshot, release_dir, version, sha)
@@ -235,14 +241,17 @@ class ActionModule(ActionBase):
             else:
                 sha = checkout_release(snapshot, release_dir, version)
                 what = f"version {version} ({sha[:12]}) checked out in {release_dir}"
-            if digest is not None:
-                digest.result()
-            what += live_note
             if args.get("barrier_dir"):
-                # Where the hosts of this playbook run publish their drift checks (ferry_sync): empty it.
+                # Where the hosts of this playbook run publish their drift checks (ferry_sync): empty it. In place,
+                # also what differs between the live tree and N, for hosts found holding exactly the live tree.
                 barrier = str(args["barrier_dir"])
                 shutil.rmtree(barrier, ignore_errors=True)
                 os.makedirs(barrier)
+                if digest is not None:
+                    ferry_listing.delta_file(barrier, release_dir, digest.result() or live_dir, shared)
+            if digest is not None:
+                digest.result()
+            what += live_note
         except TagError as exc:
             return {**result, "failed": True, "msg": str(exc)}
         except (KeyError, ValueError, TypeError) as exc:

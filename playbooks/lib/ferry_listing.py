@@ -78,7 +78,7 @@ def expected(tree: str, shared: list[str]) -> str:
         return cache[key]
 
 
-def _entries(tree: str, shared: list[str]) -> dict[bytes, tuple]:
+def entries(tree: str, shared: list[str]) -> dict[bytes, tuple]:
     """Map each path of a tree (bytes, relative) to what rsync's quick check compares; same exclusions."""
     root = os.fsencode(tree.rstrip("/"))
     skip = {os.fsencode(p) for p in shared}
@@ -104,7 +104,7 @@ def _entries(tree: str, shared: list[str]) -> dict[bytes, tuple]:
     return out
 
 
-def delta(new: str, old: str, shared: list[str]) -> list[bytes]:
+def delta(new: str, old: str | dict, shared: list[str]) -> list[bytes]:
     """Paths to hand rsync (--files-from, --delete-missing-args) so a copy of `old` becomes `new`.
 
     Every entry of `new` that `old` lacks or holds differently (type, size, mtime to the nanosecond, mode,
@@ -112,7 +112,7 @@ def delta(new: str, old: str, shared: list[str]) -> list[bytes]:
     has, except below a directory that goes as a whole (rsync deletes it recursively; naming its
     contents too would make rsync report them as vanished).
     """
-    a, b = _entries(new, shared), _entries(old, shared)
+    a, b = entries(new, shared), (old if isinstance(old, dict) else entries(old, shared))
     out = [p for p, v in a.items() if b.get(p) != v]
     for p in b:
         if p not in a:
@@ -122,10 +122,11 @@ def delta(new: str, old: str, shared: list[str]) -> list[bytes]:
     return sorted(out)
 
 
-def delta_file(cache_dir: str, new: str, old: str, shared: list[str]) -> str | None:
+def delta_file(cache_dir: str, new: str, old: str | dict, shared: list[str]) -> str | None:
     """Write delta(new, old) once into cache_dir (the run's barrier dir) for every host; return its path.
 
-    None when it cannot be made (the hosts then sync the whole tree, as without a delta).
+    `old` may be the old tree's entries, read beforehand (entries()). None when it cannot be made (the
+    hosts then sync the whole tree, as without a delta).
     """
     path = os.path.join(cache_dir, "delta")
     with open(path + ".lock", "a") as lock:
