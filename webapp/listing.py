@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from sqlalchemy import Select, select
-from sqlalchemy.orm import Session, defer, joinedload, selectinload
+from sqlalchemy.orm import Session, aliased, defer, joinedload, selectinload
 
 from . import validation
 from .errors import BadInput
@@ -176,23 +176,6 @@ def _filtered_tickets(query: Select, user: User, filters: TicketFilters) -> Sele
     return query
 
 
-def tickets_page(
-    session: Session,
-    user: User,
-    filters: TicketFilters,
-    limit: int = DEFAULT_LIMIT,
-    after: int | None = None,
-    before: int | None = None,
-) -> Page:
-    """Return one page of the tickets `user` may see, newest first, with what the API's brief JSON needs."""
-    # Many-to-one rows come once each through selectinload, not once per ticket through a join; the hosts of
-    # the last release runs come in one query of their own (serialize.tickets_brief_json).
-    query = _filtered_tickets(select(Ticket), user, filters).options(
-        selectinload(Ticket.project), selectinload(Ticket.author), selectinload(Ticket.approved_by)
-    )
-    return keyset(session, query, Ticket.id, limit, after, before, lambda t: t.id)
-
-
 class TicketRow(NamedTuple):
     """A ticket as the list page shows it."""
 
@@ -206,30 +189,120 @@ class TicketRow(NamedTuple):
     updated_at: datetime
 
 
-TICKET_ROW = (
-    Ticket.id,
-    Project.name.label("project_name"),
-    Ticket.kind,
-    Ticket.state,
-    Ticket.reason,
-    User.username.label("author_name"),
-    Ticket.version,
-    Ticket.updated_at,
-)
+class TicketBrief(NamedTuple):
+    """A ticket as the API's list shows it, with what its allowed actions depend on."""
+
+    id: int
+    project_id: int
+    project_name: str
+    staging_url: str
+    requires_approval: bool
+    allow_self_approval: bool
+    kind: str
+    state: str
+    reason: str
+    svn_paths: list
+    svn_revision: int | None
+    staging_revision: int | None
+    staging_commit: str | None
+    tested_commit: str | None
+    version: int | None
+    author_id: int
+    author_name: str
+    approved_by_name: str | None
+    last_error: str
+    contributor_ids: list
+    created_at: datetime
+    updated_at: datetime
+
+    def row(self) -> TicketRow:
+        """Return the ticket as the list page shows it."""
+        return TicketRow(
+            self.id,
+            self.project_name,
+            self.kind,
+            self.state,
+            self.reason,
+            self.author_name,
+            self.version,
+            self.updated_at,
+        )
 
 
-def ticket_row(ticket: Ticket) -> TicketRow:
-    """Return a loaded ticket as the list page shows it."""
-    return TicketRow(
-        ticket.id,
-        ticket.project.name,
-        ticket.kind,
-        ticket.state,
-        ticket.reason,
-        ticket.author.username,
-        ticket.version,
-        ticket.updated_at,
+_approver = aliased(User)
+# The columns of each row type, by field name (the query labels them so).
+_COLUMNS = {
+    "id": Ticket.id,
+    "project_id": Ticket.project_id,
+    "project_name": Project.name,
+    "staging_url": Project.staging_url,
+    "requires_approval": Project.requires_approval,
+    "allow_self_approval": Project.allow_self_approval,
+    "kind": Ticket.kind,
+    "state": Ticket.state,
+    "reason": Ticket.reason,
+    "svn_paths": Ticket.svn_paths,
+    "svn_revision": Ticket.svn_revision,
+    "staging_revision": Ticket.staging_revision,
+    "staging_commit": Ticket.staging_commit,
+    "tested_commit": Ticket.tested_commit,
+    "version": Ticket.version,
+    "author_id": Ticket.author_id,
+    "author_name": User.username,
+    "approved_by_name": _approver.username,
+    "last_error": Ticket.last_error,
+    "contributor_ids": Ticket.contributor_ids,
+    "created_at": Ticket.created_at,
+    "updated_at": Ticket.updated_at,
+}
+
+
+def ticket_brief(ticket: Ticket) -> TicketBrief:
+    """Return a loaded ticket as a TicketBrief (the API shows one ticket as it shows a list's)."""
+    return TicketBrief(
+        id=ticket.id,
+        project_id=ticket.project_id,
+        project_name=ticket.project.name,
+        staging_url=ticket.project.staging_url,
+        requires_approval=ticket.project.requires_approval,
+        allow_self_approval=ticket.project.allow_self_approval,
+        kind=ticket.kind,
+        state=ticket.state,
+        reason=ticket.reason,
+        svn_paths=ticket.svn_paths,
+        svn_revision=ticket.svn_revision,
+        staging_revision=ticket.staging_revision,
+        staging_commit=ticket.staging_commit,
+        tested_commit=ticket.tested_commit,
+        version=ticket.version,
+        author_id=ticket.author_id,
+        author_name=ticket.author.username,
+        approved_by_name=ticket.approved_by.username if ticket.approved_by else None,
+        last_error=ticket.last_error,
+        contributor_ids=ticket.contributor_ids,
+        created_at=ticket.created_at,
+        updated_at=ticket.updated_at,
     )
+
+
+def _ticket_rows(
+    session: Session,
+    row_type: type[TicketRow] | type[TicketBrief],
+    user: User,
+    filters: TicketFilters,
+    limit: int,
+    after: int | None,
+    before: int | None,
+) -> Page:
+    """Return one page of tickets as `row_type` rows: one query of the columns it names, no ORM objects."""
+    columns = [_COLUMNS[name].label(name) for name in row_type._fields]
+    query = _filtered_tickets(select(*columns), user, filters)
+    query = query.join(Project, Project.id == Ticket.project_id).join(User, User.id == Ticket.author_id)
+    if "approved_by_name" in row_type._fields:
+        query = query.outerjoin(_approver, _approver.id == Ticket.approved_by_id)
+    page = keyset(session, query, Ticket.id, limit, after, before, lambda row: row.id, columns=True)
+    page.items = [row_type._make(row) for row in page.items]
+    return page
 
 
 def ticket_rows_page(
@@ -240,10 +313,20 @@ def ticket_rows_page(
     after: int | None = None,
     before: int | None = None,
 ) -> Page:
-    """Return one page of the list page's rows (TicketRow: the shown columns only, one query), newest first."""
-    query = _filtered_tickets(select(*TICKET_ROW), user, filters)
-    query = query.join(Project, Project.id == Ticket.project_id).join(User, User.id == Ticket.author_id)
-    return keyset(session, query, Ticket.id, limit, after, before, lambda row: row.id, columns=True)
+    """Return one page of the ticket list page's rows (TicketRow), newest first."""
+    return _ticket_rows(session, TicketRow, user, filters, limit, after, before)
+
+
+def ticket_briefs_page(
+    session: Session,
+    user: User,
+    filters: TicketFilters,
+    limit: int = DEFAULT_LIMIT,
+    after: int | None = None,
+    before: int | None = None,
+) -> Page:
+    """Return one page of the API's ticket list (TicketBrief rows), newest first."""
+    return _ticket_rows(session, TicketBrief, user, filters, limit, after, before)
 
 
 def releases_page(session: Session, project: Project, limit: int = DEFAULT_LIMIT, after: int | None = None) -> Page:

@@ -12,11 +12,12 @@ from typing_extensions import TypedDict
 from . import notify
 from .extensions import db
 from .fleet import fleet, is_pending
+from .listing import TicketBrief, ticket_brief
 from .models import HostResult, HostState, Project, Release, Run, Ticket, User
 from .releases import batches_json, preview
 from .runs import progress
 from .stages import replay_argv, stage
-from .tickets import allowed_actions, last_drift
+from .tickets import allowed_actions, brief_actions, last_drift
 from .workflow import State
 
 CHANGE_STATES = ("testing", "pending_approval", "approved", "release_failed")
@@ -308,27 +309,27 @@ def last_run(ticket: Ticket, stage: str | None = None) -> Run | None:
     return runs[-1] if runs else None
 
 
-def _ticket_brief(ticket: Ticket, user: User, hosts: list[HostResultJson]) -> TicketBriefJson:
-    """Return a ticket as lists show it, with the hosts of its last release run."""
+def _ticket_brief(brief: TicketBrief, actions: list[str], hosts: list[HostResultJson]) -> TicketBriefJson:
+    """Return a ticket as lists show it, with its allowed actions and the hosts of its last release run."""
     return {
-        "id": ticket.id,
-        "project": ticket.project.name,
-        "kind": ticket.kind,
-        "state": ticket.state,
-        "reason": ticket.reason,
-        "svn_paths": ticket.svn_paths,
-        "svn_revision": ticket.svn_revision,
-        "staging_revision": ticket.staging_revision,
-        "staging_commit": ticket.staging_commit,
-        "tested_commit": ticket.tested_commit,
-        "version": ticket.version,
-        "author": ticket.author.username,
-        "approved_by": ticket.approved_by.username if ticket.approved_by else None,
-        "staging_url": ticket.project.staging_url,
-        "last_error": ticket.last_error,
-        "allowed_actions": allowed_actions(ticket, user),
-        "created_at": _iso(ticket.created_at),
-        "updated_at": _iso(ticket.updated_at),
+        "id": brief.id,
+        "project": brief.project_name,
+        "kind": brief.kind,
+        "state": brief.state,
+        "reason": brief.reason,
+        "svn_paths": brief.svn_paths,
+        "svn_revision": brief.svn_revision,
+        "staging_revision": brief.staging_revision,
+        "staging_commit": brief.staging_commit,
+        "tested_commit": brief.tested_commit,
+        "version": brief.version,
+        "author": brief.author_name,
+        "approved_by": brief.approved_by_name,
+        "staging_url": brief.staging_url,
+        "last_error": brief.last_error,
+        "allowed_actions": actions,
+        "created_at": _iso(brief.created_at),
+        "updated_at": _iso(brief.updated_at),
         "hosts": hosts,
     }
 
@@ -352,16 +353,17 @@ def release_hosts(session: Session, ticket_ids: list[int]) -> dict[int, list[Hos
     return hosts
 
 
-def tickets_brief_json(session: Session, tickets: list[Ticket], user: User) -> list[TicketBriefJson]:
-    """Return a page of tickets as the API's list shows them (one query for their hosts, no Run objects)."""
-    hosts = release_hosts(session, [t.id for t in tickets])
-    return [_ticket_brief(t, user, hosts.get(t.id, [])) for t in tickets]
+def tickets_brief_json(session: Session, briefs: list[TicketBrief], user: User) -> list[TicketBriefJson]:
+    """Return a page of tickets as the API's list shows them (one query for their hosts, no ORM objects)."""
+    hosts = release_hosts(session, [b.id for b in briefs])
+    return [_ticket_brief(b, brief_actions(b, user), hosts.get(b.id, [])) for b in briefs]
 
 
 def ticket_json(ticket: Ticket, user: User) -> TicketJson:
     """Return a ticket as the API shows it to `user` (lists show less: tickets_brief_json)."""
     release_run = last_run(ticket, "release")
-    data = _ticket_brief(ticket, user, run_json(release_run)["hosts"] if release_run else [])
+    hosts = run_json(release_run)["hosts"] if release_run else []
+    data = _ticket_brief(ticket_brief(ticket), allowed_actions(ticket, user), hosts)
     if ticket.state in CHANGE_STATES:
         data["changes"] = preview(db.session, ticket)
     data["last_run"] = run_json(last_run(ticket))

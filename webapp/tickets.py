@@ -14,8 +14,9 @@ from sqlalchemy.orm import Session
 from . import notify, validation, workflow
 from .errors import BadInput, Conflict, NotFound, from_status
 from .fleet import drift_line
+from .listing import TicketBrief
 from .models import Project, Run, Ticket, TicketEvent, User, utcnow
-from .workflow import Kind, State
+from .workflow import Kind, Role, State
 
 
 def facts(ticket: Ticket) -> workflow.TicketFacts:
@@ -38,6 +39,20 @@ def actor(user: User, project: Project) -> workflow.Actor:
 def allowed_actions(ticket: Ticket, user: User) -> list[str]:
     """Return the actions `user` may fire on `ticket` now."""
     return workflow.allowed_actions(facts(ticket), actor(user, ticket.project))
+
+
+def brief_actions(brief: TicketBrief, user: User) -> list[str]:
+    """Return the actions `user` may fire now on a ticket of a list (its TicketBrief row: no ORM objects)."""
+    facts = workflow.TicketFacts(
+        state=State(brief.state),
+        kind=Kind(brief.kind),
+        author_id=brief.author_id,
+        requires_approval=brief.requires_approval,
+        allow_self_approval=brief.allow_self_approval,
+        contributor_ids=frozenset(brief.contributor_ids or ()),
+    )
+    role = next((Role(m.role) for m in user.memberships if m.project_id == brief.project_id), None)
+    return workflow.allowed_actions(facts, workflow.Actor(user_id=user.id, role=role, is_admin=user.is_admin))
 
 
 def can_see(user: User, project: Project) -> bool:

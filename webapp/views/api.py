@@ -89,7 +89,7 @@ def create_ticket():
 def list_tickets():
     """List tickets newest first, a page at a time (`limit`, `cursor`), filtered by project, state, author, kind, q."""
     filters = listing.ticket_filters(request.args)
-    page = listing.tickets_page(
+    page = listing.ticket_briefs_page(
         db.session, g.api_user, filters, listing.page_size(request.args.get("limit")), _cursor()
     )
     return jsonify(items=tickets_brief_json(db.session, page.items, g.api_user), next=page.next)

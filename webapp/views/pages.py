@@ -69,7 +69,7 @@ def ticket_list():
     waiting = request.args.get("waiting") == "me"
     if waiting:
         filters.waiting_for = current_user
-    page_of = listing.tickets_page if waiting else listing.ticket_rows_page  # waiting: allowed actions need tickets
+    page_of = listing.ticket_briefs_page if waiting else listing.ticket_rows_page  # briefs: their allowed actions
     page = page_of(
         db.session,
         current_user,
@@ -80,8 +80,7 @@ def ticket_list():
     )
     rows = page.items
     if waiting:
-        allowed = [t for t in rows if workflow.APPROVE in tickets.allowed_actions(t, current_user)]
-        rows = [listing.ticket_row(t) for t in allowed]
+        rows = [b.row() for b in rows if workflow.APPROVE in tickets.brief_actions(b, current_user)]
     keep = {**filters.query_args(), **({"waiting": "me"} if waiting else {})}
     if request.args.get("limit"):
         keep["limit"] = request.args["limit"]
