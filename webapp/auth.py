@@ -13,6 +13,7 @@ from flask_babel import gettext as _
 from flask_login import current_user, login_required, login_user, logout_user
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import joinedload
 
 from . import directory, i18n, projects, throttle, validation
 from .errors import BadInput, error_response
@@ -33,7 +34,10 @@ def load_user(session_id: str) -> User | None:
     if match is None:
         return None  # a cookie from before session generations, or garbage: not logged in
     try:
-        user = db.session.get(User, validation.integer(match.group(1), "session"))
+        # Every page needs the user's memberships (what they may see): loaded with the user, one query.
+        user = db.session.get(
+            User, validation.integer(match.group(1), "session"), options=[joinedload(User.memberships)]
+        )
     except BadInput:
         return None
     if user is None or user.disabled or user.get_id() != session_id:
@@ -53,8 +57,14 @@ def user_for_token(header: str | None) -> User | None:
     if not header or not header.startswith("Bearer "):
         return None
     token = header.removeprefix("Bearer ").strip()
-    row = db.session.scalar(
-        select(ApiToken).where(ApiToken.token_hash == ApiToken.digest(token), ApiToken.revoked_at.is_(None))
+    row = (
+        db.session.scalars(
+            select(ApiToken)
+            .where(ApiToken.token_hash == ApiToken.digest(token), ApiToken.revoked_at.is_(None))
+            .options(joinedload(ApiToken.user).joinedload(User.memberships))  # the token, its user, what they see
+        )
+        .unique()
+        .first()
     )
     if row is None or row.user.disabled:
         return None

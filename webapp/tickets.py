@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from . import notify, validation, workflow
 from .errors import BadInput, Conflict, NotFound, from_status
@@ -69,7 +69,7 @@ def visible_project_ids(session: Session, user: User) -> list[int]:
 
 def get_ticket(session: Session, ticket_id: int, user: User) -> Ticket:
     """Return a ticket visible to `user` or raise NotFound."""
-    ticket = session.get(Ticket, ticket_id)
+    ticket = session.get(Ticket, ticket_id, options=[joinedload(Ticket.project)])
     if ticket is None or not can_see(user, ticket.project):
         raise NotFound("ticket %(id)s not found", id=ticket_id)
     return ticket
