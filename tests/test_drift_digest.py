@@ -152,33 +152,3 @@ def test_delta_turns_a_host_holding_the_live_tree_into_the_next_version(tmp_path
     assert _differences(nxt, host) == []
     assert (host / "uploads" / "cat.jpg").read_bytes() == b"the host's own"
     assert _digest(host) == _digest(nxt)
-
-
-def test_python_digest_equals_the_shells(trees, tmp_path):
-    """digest_of(entries()) is byte for byte what the host's find prints: names with tabs, unicode, a
-    nanosecond mtime, a setuid bit, a fifo, an empty dir, symlinks."""
-    src, _ = trees
-    (src / "tab\there.txt").write_text("t")
-    os.utime(src / "index.php", ns=(1, 1_700_000_000_000_000_001))
-    (src / "bin" / "cron.sh").chmod(0o4755)
-    os.mkfifo(src / "pipe")
-    for shared in ([], SHARED):
-        assert ferry_listing.digest_of(ferry_listing.entries(str(src), shared)) == ferry_listing.local_digest(
-            str(src), shared
-        )
-
-
-def test_remembered_entries_and_digest_serve_the_next_release(trees):
-    """A release tree remembered with its commit answers expected() and cached_entries() without the disk;
-    another commit (or none) is read again."""
-    src, _ = trees
-    (src / ".git").mkdir()
-    ferry_tree.mark_exact(str(src), "c" * 40)
-    found = ferry_listing.entries(str(src), SHARED)
-    ferry_listing.remember(str(src), SHARED, found)
-    (src / "index.php").write_text("changed behind the marker's back\n")
-    assert ferry_listing.cached_entries(str(src), SHARED) == found
-    assert ferry_listing.expected(str(src), SHARED) == ferry_listing.digest_of(found)
-    ferry_tree.mark_exact(str(src), "d" * 40)
-    assert ferry_listing.cached_entries(str(src), SHARED) != found
-    assert ferry_listing.expected(str(src), SHARED) == _digest(src) != ferry_listing.digest_of(found)

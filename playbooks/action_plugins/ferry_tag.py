@@ -117,7 +117,7 @@ def checkout_release(snapshot: str, release_dir: str, version: int, sha: str | N
 def _live_listing(live_dir: str, shared: list[str], entries: bool) -> dict | None:
     """Cache the live tree's listing digest; return its entries too when asked (in place: for the delta)."""
     ferry_listing.expected(live_dir, shared)
-    return ferry_listing.cached_entries(live_dir, shared) if entries else None
+    return ferry_listing.entries(live_dir, shared) if entries else None
 
 
 def prepare_live(snapshot: str, release_dir: str, live_dir: str, live: int) -> tuple[str, str]:
@@ -248,11 +248,7 @@ class ActionModule(ActionBase):
                 shutil.rmtree(barrier, ignore_errors=True)
                 os.makedirs(barrier)
                 if digest is not None:
-                    # The release tree's entries serve twice: for the delta now, and (cached with its digest) as
-                    # the live tree's at the next release, which then reads neither from the disk.
-                    found = ferry_listing.entries(release_dir, shared)
-                    ferry_listing.delta_file(barrier, found, digest.result() or live_dir, shared)
-                    ferry_listing.remember(release_dir, shared, found)
+                    ferry_listing.delta_file(barrier, release_dir, digest.result() or live_dir, shared)
             if digest is not None:
                 digest.result()
             what += live_note

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
-import marshal
 import os
 import shlex
 import stat
@@ -52,50 +50,6 @@ def local_digest(tree: str, shared: list[str]) -> str:
     return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
-def _key(sha: str, shared: list[str]) -> str:
-    return f"{sha} {json.dumps(sorted(shared))}"
-
-
-def remember(tree: str, shared: list[str], found: dict[bytes, tuple]) -> None:
-    """Cache a tree's entries and digest in its .git (keyed by the commit it holds exactly): when this tree
-    becomes the live tree at the next release, neither is read from the disk again."""
-    sha = ferry_tree.exact_at(tree)
-    if sha is None:
-        return
-    key = _key(sha, shared)
-    path = os.path.join(tree, ".git", "ferry-entries")
-    with open(path + ".tmp", "wb") as fh:
-        marshal.dump((key, found), fh)
-    os.replace(path + ".tmp", path)
-    _store(tree, key, digest_of(found))
-
-
-def cached_entries(tree: str, shared: list[str]) -> dict[bytes, tuple]:
-    """A tree's entries: from remember()'s cache when it describes the commit the tree holds, else read."""
-    sha = ferry_tree.exact_at(tree)
-    if sha is not None:
-        with contextlib.suppress(OSError, ValueError, EOFError, TypeError):
-            with open(os.path.join(tree, ".git", "ferry-entries"), "rb") as fh:
-                key, found = marshal.load(fh)
-            if key == _key(sha, shared):
-                return found
-    return entries(tree, shared)
-
-
-def _store(tree: str, key: str, digest: str) -> None:
-    """Add one digest to a tree's cache (dropping other commits' entries); the caller may hold the lock."""
-    path = os.path.join(tree, ".git", "ferry-listing")
-    cache: dict = {}
-    with contextlib.suppress(OSError, ValueError):
-        with open(path, encoding="utf-8") as fh:
-            cache = json.load(fh)
-    cache = {k: v for k, v in cache.items() if k.split(" ", 1)[0] == key.split(" ", 1)[0]}
-    cache[key] = digest
-    with open(path + ".tmp", "w", encoding="utf-8") as fh:
-        json.dump(cache, fh)
-    os.replace(path + ".tmp", path)
-
-
 def expected(tree: str, shared: list[str]) -> str:
     """Return the digest of a controller tree, cached per exact commit and shared paths in the tree's .git.
 
@@ -104,7 +58,7 @@ def expected(tree: str, shared: list[str]) -> str:
     sha = ferry_tree.exact_at(tree)
     if sha is None:
         return local_digest(tree, shared)
-    key = _key(sha, shared)
+    key = f"{sha} {json.dumps(sorted(shared))}"
     path = os.path.join(tree, ".git", "ferry-listing")
     with open(path + ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -112,12 +66,16 @@ def expected(tree: str, shared: list[str]) -> str:
         with contextlib.suppress(OSError, ValueError):
             with open(path, encoding="utf-8") as fh:
                 cache = json.load(fh)
-        if key in cache:
-            return cache[key]
-        digest = local_digest(tree, shared)
-        if digest:
-            _store(tree, key, digest)
-        return digest
+        if key not in cache:
+            digest = local_digest(tree, shared)
+            if not digest:
+                return ""
+            cache = {k: v for k, v in cache.items() if k.startswith(sha)}  # older commits' entries go
+            cache[key] = digest
+            with open(path + ".tmp", "w", encoding="utf-8") as fh:
+                json.dump(cache, fh)
+            os.replace(path + ".tmp", path)
+        return cache[key]
 
 
 def entries(tree: str, shared: list[str]) -> dict[bytes, tuple]:
@@ -142,30 +100,11 @@ def entries(tree: str, shared: list[str]) -> dict[bytes, tuple]:
                     out[rel] = ("d", stat.S_IMODE(st.st_mode))
                     todo.append(rel)
                 else:
-                    kind = FIND_TYPES.get(stat.S_IFMT(st.st_mode), "U")
-                    out[rel] = ("f", kind, st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode))
+                    out[rel] = ("f", stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode))
     return out
 
 
-FIND_TYPES = {stat.S_IFREG: "f", stat.S_IFIFO: "p", stat.S_IFSOCK: "s", stat.S_IFCHR: "c", stat.S_IFBLK: "b"}
-
-
-def digest_of(found: dict[bytes, tuple]) -> str:
-    """The listing digest of a tree from its entries(), byte for byte what script() prints for it."""
-    records = [OK.encode()]
-    for path, entry in found.items():
-        if entry[0] == "d":
-            records.append(b"%s\td\t%o" % (path, entry[1]))
-        elif entry[0] == "l":
-            records.append(b"%s\tl\t%s" % (path, entry[1]))
-        else:
-            _, kind, size, ns, perm = entry
-            # find's %T@: seconds, a dot and ten digits (nanoseconds and a 0).
-            records.append(b"%s\t%s\t%d\t%d.%09d0\t%o" % (path, kind.encode(), size, ns // 10**9, ns % 10**9, perm))
-    return hashlib.sha1(b"".join(r + b"\0" for r in sorted(records))).hexdigest()
-
-
-def delta(new: str | dict, old: str | dict, shared: list[str]) -> list[bytes]:
+def delta(new: str, old: str | dict, shared: list[str]) -> list[bytes]:
     """Paths to hand rsync (--files-from, --delete-missing-args) so a copy of `old` becomes `new`.
 
     Every entry of `new` that `old` lacks or holds differently (type, size, mtime to the nanosecond, mode,
@@ -173,7 +112,7 @@ def delta(new: str | dict, old: str | dict, shared: list[str]) -> list[bytes]:
     has, except below a directory that goes as a whole (rsync deletes it recursively; naming its
     contents too would make rsync report them as vanished).
     """
-    a, b = (t if isinstance(t, dict) else entries(t, shared) for t in (new, old))
+    a, b = entries(new, shared), (old if isinstance(old, dict) else entries(old, shared))
     out = [p for p, v in a.items() if b.get(p) != v]
     for p in b:
         if p not in a:
@@ -183,10 +122,10 @@ def delta(new: str | dict, old: str | dict, shared: list[str]) -> list[bytes]:
     return sorted(out)
 
 
-def delta_file(cache_dir: str, new: str | dict, old: str | dict, shared: list[str]) -> str | None:
+def delta_file(cache_dir: str, new: str, old: str | dict, shared: list[str]) -> str | None:
     """Write delta(new, old) once into cache_dir (the run's barrier dir) for every host; return its path.
 
-    Either tree may be given as its entries (entries()). None when it cannot be made (the
+    `old` may be the old tree's entries, read beforehand (entries()). None when it cannot be made (the
     hosts then sync the whole tree, as without a delta).
     """
     path = os.path.join(cache_dir, "delta")
