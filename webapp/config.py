@@ -61,7 +61,7 @@ def from_env() -> dict:
         "FERRY_LDAP_TIMEOUT": int(os.environ.get("FERRY_LDAP_TIMEOUT", 5)),
         # Time zone of dates on pages for users who chose none in their profile (an IANA name, e.g. Asia/Shanghai).
         "FERRY_TIMEZONE": os.environ.get("FERRY_TIMEZONE", "UTC"),
-        "FERRY_BENCH": os.environ.get("FERRY_BENCH", "") == "1",  # X-Ferry-SQL header: statements per request
+        "FERRY_BENCH": os.environ.get("FERRY_BENCH", "") == "1",  # X-Ferry-SQL/-Time/-Worker headers (database.py)
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": os.environ.get("FERRY_HTTPS", "") == "1",

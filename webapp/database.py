@@ -1,4 +1,4 @@
-"""Database engine settings: SQLite in WAL mode with a busy timeout, and a per-request SQL count for benchmarks.
+"""Database engine settings: SQLite in WAL mode with a busy timeout, and per-request numbers for benchmarks.
 
 With SQLite's default rollback journal a reader blocks a writer's commit and a writer blocks every new
 reader; in WAL mode readers never wait and never make a writer wait, so only writers queue for the one
@@ -8,6 +8,9 @@ PostgreSQL engines are left as they are.
 
 from __future__ import annotations
 
+import os
+import time
+
 from flask import Flask, g, has_request_context
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -16,6 +19,8 @@ from .extensions import db
 
 SQLITE_BUSY_TIMEOUT_MS = 15000  # a writer waits this long for the write lock (gunicorn's timeout is 30 s)
 SQL_COUNT_HEADER = "X-Ferry-SQL"  # statements one request ran; only with FERRY_BENCH=1
+APP_TIME_HEADER = "X-Ferry-Time"  # ms from the view's start to its response (before_request to after_request)
+WORKER_HEADER = "X-Ferry-Worker"  # the process that answered (gunicorn worker pid)
 
 
 def sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -34,9 +39,18 @@ def _count_statement(*_args) -> None:
         g.ferry_sql_count = g.get("ferry_sql_count", 0) + 1
 
 
-def _sql_count_header(response):
-    """Tell a benchmark how many SQL statements the request ran."""
+def _start_clock() -> None:
+    """Note when the request reached the app's view (benchmark mode)."""
+    g.ferry_started = time.perf_counter()
+
+
+def _bench_headers(response):
+    """Tell a benchmark how many SQL statements the request ran, how long the app took and which worker it was."""
     response.headers[SQL_COUNT_HEADER] = str(g.get("ferry_sql_count", 0))
+    started = g.get("ferry_started")
+    if started is not None:
+        response.headers[APP_TIME_HEADER] = f"{(time.perf_counter() - started) * 1000:.2f}"
+    response.headers[WORKER_HEADER] = str(os.getpid())
     return response
 
 
@@ -49,10 +63,11 @@ def configure_engine(engine: Engine, count_sql: bool = False) -> None:
 
 
 def init_app(app: Flask) -> None:
-    """Configure the app's engines (created by Flask-SQLAlchemy's init_app); FERRY_BENCH=1 adds the SQL count."""
+    """Configure the app's engines (created by Flask-SQLAlchemy's init_app); FERRY_BENCH=1 adds the bench headers."""
     count_sql = bool(app.config.get("FERRY_BENCH"))
     with app.app_context():
         for engine in db.engines.values():
             configure_engine(engine, count_sql)
     if count_sql:
-        app.after_request(_sql_count_header)
+        app.before_request(_start_clock)
+        app.after_request(_bench_headers)

@@ -139,10 +139,11 @@ ACTION_VERBS = {
 class _PageMemo:
     """What one request looked up for its page: translated labels, the time zone, the catalog."""
 
-    __slots__ = ("labels", "zone", "translations")
+    __slots__ = ("labels", "badges", "zone", "translations")
 
     def __init__(self) -> None:
         self.labels: dict[str, str] = {}
+        self.badges: dict[str, Markup] = {}
         self.zone: zoneinfo.ZoneInfo | None = None
         self.translations = None
 
@@ -199,10 +200,15 @@ STATE_COLORS = {
 
 def state_badge(state: str) -> Markup:
     """Return a ticket state's badge: its label, coloured, with the state token in data-state (a filter per row)."""
-    color = STATE_COLORS.get(state, "secondary")
-    return Markup(
-        f'<span class="badge text-bg-{color} state-badge" data-state="{escape(state)}">{escape(label(state))}</span>'
-    )
+    memo = _memo()
+    badge = memo.badges.get(state) if memo is not None else None
+    if badge is None:
+        color = STATE_COLORS.get(state, "secondary")
+        shown = escape(label(state))
+        badge = Markup(f'<span class="badge text-bg-{color} state-badge" data-state="{escape(state)}">{shown}</span>')
+        if memo is not None:
+            memo.badges[state] = badge
+    return badge
 
 
 def page_translations():
