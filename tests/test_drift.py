@@ -277,8 +277,11 @@ def stage_checks(ticket_id: int) -> dict[str, dict]:
         event = json.loads(path.read_text())
         data = event.get("event_data") or {}
         if event.get("event") == "runner_on_ok" and data.get("task") == "Stage release":
-            for host, item in data["res"]["ferry"]["sync"].items():
+            ferry = data["res"]["ferry"]
+            for host, item in (ferry.get("sync") or {}).items():
                 out[host] = {**(item["stage"].get("check") or {}), "delta": item["stage"].get("delta", False)}
+            for host, item in (ferry.get("check") or {}).items():  # in place: checked, then held, not staged
+                out[host] = {**item, "held": True}
     return out
 
 
@@ -351,6 +354,18 @@ def test_drift_over_ssh_fails_release_verify_reports_unreachable_and_overwrite_h
     assert t["state"] == "release_failed"
     assert f"{a}: modified index.html" in t["last_error"], t["last_error"]
     assert f"{b}: deleted css/site.css; added shell.php" in t["last_error"], t["last_error"]
+    # The host in sync took the fast path over ssh. Atomic: the guard inside the stage's session matched, and
+    # releases/2 began as a hard-linked copy of current, only the delta travelling. In place: it was checked,
+    # found in sync, and held back (other hosts drifted), so nothing was written there.
+    check = stage_checks(tid)[c]
+    if mode == "inplace":
+        assert check["held"] and check["state"] == "in_sync" and "not staged" in check["message"], check
+    else:
+        assert check["delta"] is True and check.get("guarded"), check
+        r1, r2 = s.roots[c] / "releases" / "1", s.roots[c] / "releases" / "2"
+        assert (r1 / "index.html").stat().st_ino == (r2 / "index.html").stat().st_ino  # unchanged: linked
+        assert (r2 / "css" / "site.css").read_text() == "body { color: green; }\n"
+        assert (r1 / "css" / "site.css").read_text() != "body { color: green; }\n"  # changed: a new inode
     for h in s.names:
         assert tree_of(live_dir(world, h)) == before[h]
         if mode == "atomic":

@@ -209,7 +209,6 @@ class ActionModule(ActionBase):
                         return self._check_result(result, host, checked)
                     if checked.get("delta"):
                         out = self._stage(host, root, version, {**args, "delta": checked["delta"]})
-                        out["delta"] = True
                 elif _flag(args.get("check_first")) and args.get("live_version") not in (None, ""):
                     # Atomic mode checks for drift in the same task (staging releases/N changes nothing live, and
                     # any_errors_fatal stops every host before the switch): one fork and round of events fewer.
@@ -309,6 +308,19 @@ class ActionModule(ActionBase):
             return None
         if guard:
             prepare += f"; {guard}"
+            delta = os.path.join(str(args.get("delta_dir") or ""), "delta")
+            if args.get("delta_dir") and os.path.isfile(delta):
+                # The guard found the live tree exactly as Ferry left it: releases/N starts as a hard-linked copy
+                # of it (what --link-dest would make of every unchanged file), and only the delta travels. rsync
+                # replaces every listed file (--ignore-times: a new inode, never a write into a shared one).
+                tmp = f"{dest}.ferry-copy"
+                prepare += (
+                    f"; rm -rf {_q(tmp)} && cp -al {_q(root + '/current/.')} {_q(tmp)} && rm -rf {_q(dest)} && "
+                    f"mv {_q(tmp)} {_q(dest)} || {{ echo {_q(PREPARE_FAILED)} >&2; exit 1; }}"
+                )
+                rsync_args = [f"--files-from={delta}", *ferry_listing.DELTA_ARGS, *EXCLUDES]
+                rsync_args += [f"--exclude=/{p}" for p in shared]
+                args = {**args, "delta": delta}
         t0 = time.monotonic()
         probed = host.sh(f"{mkdir} || exit 1\n{live_echo}") if host.local else ""
         t1 = time.monotonic()
@@ -325,6 +337,8 @@ class ActionModule(ActionBase):
         else:
             linked = self._link_shared(host, root, dest, shared, src) if shared else False
         res = self._stage_result(version, live, lines, dest, [t0, t1, t2, time.monotonic()])
+        if args.get("delta"):
+            res["delta"] = True
         g = re.search(rf"^{GUARD_MARK}(\d+)$", stderr, re.MULTILINE)
         if g:
             res["seconds"]["check"] = round(int(g.group(1)) / 1e9, 3)

@@ -242,8 +242,8 @@ class ActionModule(ActionBase):
                 sha = checkout_release(snapshot, release_dir, version)
                 what = f"version {version} ({sha[:12]}) checked out in {release_dir}"
             if args.get("barrier_dir"):
-                # Where the hosts of this playbook run publish their drift checks (ferry_sync): empty it. In place,
-                # also what differs between the live tree and N, for hosts found holding exactly the live tree.
+                # This playbook run's scratch dir, emptied: where the hosts publish their drift checks (in place),
+                # and what differs between the live tree and N, for hosts found holding exactly the live tree.
                 barrier = str(args["barrier_dir"])
                 shutil.rmtree(barrier, ignore_errors=True)
                 os.makedirs(barrier)
