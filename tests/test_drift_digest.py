@@ -32,6 +32,8 @@ def trees(tmp_path):
     src = tmp_path / "live"
     write_tree(src, PHP_TREE, EXECUTABLES, SYMLINKS)
     (src / "config" / "local.php").write_text("<?php // this host's own\n")
+    for path in [src, *src.rglob("*")]:  # whole-second times in the past, as a release tree's commit times
+        os.utime(path, (1_700_000_000, 1_700_000_000), follow_symlinks=False)
     return src, _copy(src, tmp_path / "host")
 
 
@@ -152,3 +154,18 @@ def test_delta_turns_a_host_holding_the_live_tree_into_the_next_version(tmp_path
     assert _differences(nxt, host) == []
     assert (host / "uploads" / "cat.jpg").read_bytes() == b"the host's own"
     assert _digest(host) == _digest(nxt)
+
+
+@pytest.mark.parametrize("case", sorted(NEXT_VERSION))
+def test_delta_into_a_hard_linked_copy_never_changes_the_live_tree(tmp_path, trees, case):
+    """Atomic: releases/N = cp -al of the live release + the delta; the live release keeps every byte and mode."""
+    live, host_live = trees
+    nxt = _copy(live, tmp_path / "next")
+    NEXT_VERSION[case](nxt)
+    before = _differences(live, host_live), _digest(host_live)
+    staged = tmp_path / "releases-N"
+    subprocess.run(["cp", "-al", f"{host_live}/.", str(staged)], check=True)
+    proc = _apply(ferry_listing.delta(str(nxt), str(live), SHARED), nxt, staged)
+    assert proc.returncode == 0, proc.stderr
+    assert _differences(nxt, staged) == []
+    assert (_differences(live, host_live), _digest(host_live)) == before  # the live release did not move
