@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-spec = importlib.util.spec_from_file_location(
-    "ferry_fleet_filter", Path(__file__).resolve().parent.parent / "playbooks" / "filter_plugins" / "ferry_fleet.py"
-)
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-fleet = module.FilterModule().filters()["ferry_fleet"]
+from tests.support.plugins import load_plugin
+
+fleet = load_plugin("ferry_fleet", "filter_plugins").FilterModule().filters()["ferry_fleet"]
 
 OK = {"ferry": {}}
 FAILED = {"failed": True, "msg": "boom"}  # a registered result without Ferry's key

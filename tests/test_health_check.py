@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
-PLUGIN = Path(__file__).resolve().parent.parent / "playbooks" / "action_plugins" / "ferry_health.py"
-spec = importlib.util.spec_from_file_location("ferry_test_health", PLUGIN)
-health = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = health
-spec.loader.exec_module(health)
+from tests.support.plugins import load_plugin
+
+health = load_plugin("ferry_health")
 
 
 class Handler(BaseHTTPRequestHandler):

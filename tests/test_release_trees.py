@@ -5,30 +5,18 @@ Real svn and git through the action plugins' own functions (no ansible)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.support.plugins import load_plugin
 from tests.support.realtree import commit_raw, make_php_repo, snapshot, versioned_tree
 
-PLUGINS = Path(__file__).resolve().parent.parent / "playbooks" / "action_plugins"
 pytestmark = pytest.mark.integration
 
 
-def _load(name: str):
-    """Import an action plugin module from playbooks/action_plugins."""
-    spec = importlib.util.spec_from_file_location(f"ferry_trees_{name}", PLUGINS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-staging_plugin = _load("ferry_staging")
-tag = _load("ferry_tag")
+staging_plugin = load_plugin("ferry_staging")
+tag = load_plugin("ferry_tag")
 
 
 @pytest.fixture
@@ -77,7 +65,7 @@ def test_live_tree_is_taken_over_from_the_release_tree_and_never_shares_a_change
     assert not (live.parent / "live.swap").exists()
 
     # A tree whose marker is gone (a checkout that died half-way) is checked out again, never trusted.
-    (live / ".git" / tag.EXACT_MARK).unlink()
+    (live / ".git" / tag.ferry_tree.EXACT_MARK).unlink()
     (live / "index.php").write_bytes(b"half-written")
     assert tag.prepare_live(snap, str(release), str(live), 2)[1] == "checked out"
     assert snapshot(live) == wants[2]

@@ -4,34 +4,23 @@ versioned content of the staging working copy (`svn export`), byte for byte, wha
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.plugins import load_plugin
 from tests.support.realtree import snapshot, write_tree
 
-PLUGINS = Path(__file__).resolve().parent.parent / "playbooks" / "action_plugins"
 pytestmark = pytest.mark.integration
 
 
-def _load(name: str):
-    """Import an action plugin module from playbooks/action_plugins."""
-    spec = importlib.util.spec_from_file_location(f"ferry_test_{name}", PLUGINS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-staging_plugin = _load("ferry_staging")
-tag_plugin = _load("ferry_tag")
+staging_plugin = load_plugin("ferry_staging")
+tag_plugin = load_plugin("ferry_tag")
 
 NAME = st.text(alphabet="abü -._ñ", min_size=1, max_size=5).filter(
     lambda n: n not in (".", "..") and n.lower() not in (".git", ".svn") and n.strip() == n

@@ -282,12 +282,11 @@ class ActionModule(ActionBase):
         if mode not in ("atomic", "inplace"):
             raise SyncError(f"unknown mode {mode!r}")
         # Shared paths belong to the hosts in both modes: never deleted, never overwritten by a release.
-        shared = [p.strip("/") for p in args.get("shared_paths") or [] if p.strip("/")]
+        shared = ferry_listing.shared_paths(args)
         if mode == "inplace" and args.get("delta"):
             # The host was found holding exactly the live tree: send only what differs from it to N.
             dest, dirs = f"{root}/", [root]
-            rsync_args = [f"--files-from={args['delta']}", *ferry_listing.DELTA_ARGS, *EXCLUDES]
-            rsync_args += [f"--exclude=/{p}" for p in shared]
+            rsync_args = ferry_listing.delta_rsync_args(args["delta"], EXCLUDES, shared)
         elif mode == "inplace":
             dest, dirs = f"{root}/", [root]
             rsync_args = ["--delete", *EXCLUDES, *[f"--exclude=/{p}" for p in shared]]
@@ -318,8 +317,7 @@ class ActionModule(ActionBase):
                     f"; rm -rf {_q(tmp)} && cp -al {_q(root + '/current/.')} {_q(tmp)} && rm -rf {_q(dest)} && "
                     f"mv {_q(tmp)} {_q(dest)} || {{ echo {_q(PREPARE_FAILED)} >&2; exit 1; }}"
                 )
-                rsync_args = [f"--files-from={delta}", *ferry_listing.DELTA_ARGS, *EXCLUDES]
-                rsync_args += [f"--exclude=/{p}" for p in shared]
+                rsync_args = ferry_listing.delta_rsync_args(delta, EXCLUDES, shared)
                 args = {**args, "delta": delta}
         t0 = time.monotonic()
         probed = host.sh(f"{mkdir} || exit 1\n{live_echo}") if host.local else ""
@@ -352,7 +350,7 @@ class ActionModule(ActionBase):
         None when the fast comparison does not apply (a local host, shared paths with glob characters, an
         atomic host without the live tree on the controller): the caller checks the full way first.
         """
-        shared = [p.strip("/") for p in args.get("shared_paths") or [] if p.strip("/")]
+        shared = ferry_listing.shared_paths(args)
         live_dir = str(args.get("live_dir") or "")
         if host.local or args.get("mode", "atomic") != "atomic" or not ferry_listing.usable(shared):
             return None
@@ -514,7 +512,7 @@ rm -f {_q(tmp)} && ln -s releases/{version} {_q(tmp)} && mv -T {_q(tmp)} {_q(cur
         live_dir = str(args["live_dir"]).rstrip("/") + "/"
         if not os.path.isdir(live_dir):
             raise SyncError(f"live_dir {live_dir} does not exist on the controller")
-        shared = [p.strip("/") for p in args.get("shared_paths") or [] if p.strip("/")]
+        shared = ferry_listing.shared_paths(args)
         tree = f"{root}/current/" if mode == "atomic" else f"{root}/"
         probe = _check_probe(root, mode, shared)
         # checksum=true (verify --checksum): every file's content is compared, which also finds an edit that
@@ -601,7 +599,7 @@ rm -f {_q(tmp)} && ln -s releases/{version} {_q(tmp)} && mv -T {_q(tmp)} {_q(cur
         if checked.get("fast") and not first and not _flag(args.get("overwrite_drift")):
             # The host holds exactly the live tree: it needs only what differs between it and N (made once,
             # by the first host here, while the others still check).
-            shared = [p.strip("/") for p in args.get("shared_paths") or [] if p.strip("/")]
+            shared = ferry_listing.shared_paths(args)
             new, old = str(args["release_dir"]), str(args["live_dir"])
             checked["delta"] = ferry_listing.delta_file(barrier, new, old, shared)
         checked_at = time.monotonic()

@@ -69,11 +69,6 @@ def tag_version(snapshot: str, commit: str, version: int) -> tuple[str, bool]:
     return sha, True
 
 
-EXACT_MARK = ferry_tree.EXACT_MARK
-exact_at = ferry_tree.exact_at
-_mark_exact = ferry_tree.mark_exact
-
-
 def checkout_release(snapshot: str, release_dir: str, version: int, sha: str | None = None) -> str:
     """Clone on first use, fetch tags and force the work tree to exactly tag N (empty directories too).
 
@@ -89,9 +84,9 @@ def checkout_release(snapshot: str, release_dir: str, version: int, sha: str | N
         raise TagError(f"version {version} has no tag in {snapshot}")
     if sha is not None and want != sha:
         raise TagError(f"tag {version} points to {want}, expected {sha}")
-    if exact_at(release_dir) == want:
+    if ferry_tree.exact_at(release_dir) == want:
         return want
-    _mark_exact(release_dir, None)
+    ferry_tree.mark_exact(release_dir, None)
     ferry_tree.make_exact(os.path.join(release_dir, ".git"))
     # ctime is not trusted: a hard-linked copy of the tree (prepare_live) changes every file's ctime, not its bytes.
     repo = "-c", "core.trustctime=false", f"--git-dir={release_dir}/.git", f"--work-tree={release_dir}"
@@ -110,7 +105,7 @@ def checkout_release(snapshot: str, release_dir: str, version: int, sha: str | N
     # Record the restored files' new stat data in the index. Otherwise every later checkout distrusts
     # them and re-reads their content to find what changed (~1 s per 60 MB, on every release).
     _git(*repo, "update-index", "-q", "--refresh", check=False)
-    _mark_exact(release_dir, want)
+    ferry_tree.mark_exact(release_dir, want)
     return want
 
 
@@ -131,9 +126,9 @@ def prepare_live(snapshot: str, release_dir: str, live_dir: str, live: int) -> t
     want = _resolve(snapshot, f"refs/tags/{live}")
     if want is None:
         raise TagError(f"live version {live} has no tag in {snapshot}")
-    if exact_at(live_dir) == want:
+    if ferry_tree.exact_at(live_dir) == want:
         return want, "kept"
-    if exact_at(release_dir) == want:
+    if ferry_tree.exact_at(release_dir) == want:
         spare = live_dir.rstrip("/") + ".swap"
         if os.path.lexists(spare):
             shutil.rmtree(spare)  # left by a run that died half-way through the renames below
@@ -224,7 +219,7 @@ class ActionModule(ActionBase):
                 sha, created = tag_version(snapshot, str(args["commit"]), version)
             # The live tree first: it may be the release tree's current content, taken over by renames.
             live, live_note, digest = args.get("live_version"), "", None
-            shared = [p.strip("/") for p in args.get("shared_paths") or [] if p.strip("/")]
+            shared = ferry_listing.shared_paths(args)
             if live not in (None, "") and args.get("live_dir"):
                 live_dir = str(args["live_dir"])
                 live_sha, how = prepare_live(snapshot, release_dir, live_dir, int(live))
@@ -241,6 +236,7 @@ class ActionModule(ActionBase):
             else:
                 sha = checkout_release(snapshot, release_dir, version)
                 what = f"version {version} ({sha[:12]}) checked out in {release_dir}"
+            live_entries = digest.result() if digest is not None else None  # the cached digest is written too
             if args.get("barrier_dir"):
                 # This playbook run's scratch dir, emptied: where the hosts publish their drift checks (in place),
                 # and what differs between the live tree and N, for hosts found holding exactly the live tree.
@@ -248,9 +244,7 @@ class ActionModule(ActionBase):
                 shutil.rmtree(barrier, ignore_errors=True)
                 os.makedirs(barrier)
                 if digest is not None:
-                    ferry_listing.delta_file(barrier, release_dir, digest.result() or live_dir, shared)
-            if digest is not None:
-                digest.result()
+                    ferry_listing.delta_file(barrier, release_dir, live_entries or live_dir, shared)
             what += live_note
         except TagError as exc:
             return {**result, "failed": True, "msg": str(exc)}

@@ -28,6 +28,16 @@ OK = "ferry-listing-ok"  # printed after find succeeded: a failed find never dig
 GLOB = set("*?[\\")
 
 
+def shared_paths(args: dict) -> list[str]:
+    """A task's `shared_paths` argument as paths relative to the deploy root (no empty ones)."""
+    return [p.strip("/") for p in args.get("shared_paths") or [] if p.strip("/")]
+
+
+def delta_rsync_args(delta_path: str, excludes: list[str], shared: list[str]) -> list[str]:
+    """rsync arguments that send only a delta file's paths, with the stage's exclusions."""
+    return [f"--files-from={delta_path}", *DELTA_ARGS, *excludes, *[f"--exclude=/{p}" for p in shared]]
+
+
 def usable(shared: list[str]) -> bool:
     """Whether the listing excludes shared paths as rsync does (rsync and find read glob characters apart)."""
     return not any(GLOB & set(p) for p in shared)
