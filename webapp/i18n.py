@@ -211,14 +211,21 @@ def state_badge(state: str) -> Markup:
     return badge
 
 
-def page_translations():
-    """Return the request's catalog (Flask-Babel's for the page's language), looked up once per request."""
+def _once(slot: str, compute):
+    """Return the request memo's `slot`, computing it on first use (every time outside a request)."""
     memo = _memo()
     if memo is None:
-        return get_translations()
-    if memo.translations is None:
-        memo.translations = get_translations()
-    return memo.translations
+        return compute()
+    value = getattr(memo, slot)
+    if value is None:
+        value = compute()
+        setattr(memo, slot, value)
+    return value
+
+
+def page_translations():
+    """Return the request's catalog (Flask-Babel's for the page's language), looked up once per request."""
+    return _once("translations", get_translations)
 
 
 def refresh() -> None:
@@ -246,12 +253,7 @@ def select_timezone() -> str:
 
 def user_zone() -> zoneinfo.ZoneInfo:
     """Return the page's time zone as a ZoneInfo, chosen once per request (a page formats many dates)."""
-    memo = _memo()
-    if memo is None:
-        return _zone()
-    if memo.zone is None:
-        memo.zone = _zone()
-    return memo.zone
+    return _once("zone", _zone)
 
 
 def _zone() -> zoneinfo.ZoneInfo:

@@ -285,16 +285,17 @@ def ticket_brief(ticket: Ticket) -> TicketBrief:
     )
 
 
-def _ticket_rows(
+def ticket_rows_page(
     session: Session,
     row_type: type[TicketRow] | type[TicketBrief],
     user: User,
     filters: TicketFilters,
-    limit: int,
-    after: int | None,
-    before: int | None,
+    limit: int = DEFAULT_LIMIT,
+    after: int | None = None,
+    before: int | None = None,
 ) -> Page:
-    """Return one page of tickets as `row_type` rows: one query of the columns it names, no ORM objects."""
+    """Return one page of tickets, newest first, as `row_type` rows (TicketRow for the list page, TicketBrief
+    for the API and a lead's approvals): one query of the columns it names, no ORM objects."""
     columns = [_COLUMNS[name].label(name) for name in row_type._fields]
     query = _filtered_tickets(select(*columns), user, filters)
     query = query.join(Project, Project.id == Ticket.project_id).join(User, User.id == Ticket.author_id)
@@ -303,30 +304,6 @@ def _ticket_rows(
     page = keyset(session, query, Ticket.id, limit, after, before, lambda row: row.id, columns=True)
     page.items = [row_type._make(row) for row in page.items]
     return page
-
-
-def ticket_rows_page(
-    session: Session,
-    user: User,
-    filters: TicketFilters,
-    limit: int = DEFAULT_LIMIT,
-    after: int | None = None,
-    before: int | None = None,
-) -> Page:
-    """Return one page of the ticket list page's rows (TicketRow), newest first."""
-    return _ticket_rows(session, TicketRow, user, filters, limit, after, before)
-
-
-def ticket_briefs_page(
-    session: Session,
-    user: User,
-    filters: TicketFilters,
-    limit: int = DEFAULT_LIMIT,
-    after: int | None = None,
-    before: int | None = None,
-) -> Page:
-    """Return one page of the API's ticket list (TicketBrief rows), newest first."""
-    return _ticket_rows(session, TicketBrief, user, filters, limit, after, before)
 
 
 def releases_page(session: Session, project: Project, limit: int = DEFAULT_LIMIT, after: int | None = None) -> Page:

@@ -89,8 +89,8 @@ def create_ticket():
 def list_tickets():
     """List tickets newest first, a page at a time (`limit`, `cursor`), filtered by project, state, author, kind, q."""
     filters = listing.ticket_filters(request.args)
-    page = listing.ticket_briefs_page(
-        db.session, g.api_user, filters, listing.page_size(request.args.get("limit")), _cursor()
+    page = listing.ticket_rows_page(
+        db.session, listing.TicketBrief, g.api_user, filters, listing.page_size(request.args.get("limit")), _cursor()
     )
     return jsonify(items=tickets_brief_json(db.session, page.items, g.api_user), next=page.next)
 

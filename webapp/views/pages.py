@@ -69,9 +69,10 @@ def ticket_list():
     waiting = request.args.get("waiting") == "me"
     if waiting:
         filters.waiting_for = current_user
-    page_of = listing.ticket_briefs_page if waiting else listing.ticket_rows_page  # briefs: their allowed actions
-    page = page_of(
+    row_type = listing.TicketBrief if waiting else listing.TicketRow  # briefs: their allowed actions
+    page = listing.ticket_rows_page(
         db.session,
+        row_type,
         current_user,
         filters,
         listing.page_size(request.args.get("limit")),
