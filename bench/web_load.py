@@ -1,13 +1,16 @@
 """Benchmark: page and API latency with a company's worth of tickets, under gunicorn as the Procfile runs it.
 
 Seeds a database in bulk (default 10,000 tickets over 5 projects and 20 authors, 100,000 history rows, a
-staging and a release run per ticket with 3 host results), serves it with gunicorn (2 workers x 8
-threads, FERRY_BENCH=1 so every answer names its SQL statement count in X-Ferry-SQL, the app's own time in
+staging and a release run per ticket with 3 host results), serves it exactly as the Procfile's `web` line
+does (FERRY_BENCH=1 so every answer names its SQL statement count in X-Ferry-SQL, the app's own time in
 X-Ferry-Time and the worker in X-Ferry-Worker), logs in as a developer of every project and times, case by
-case, 8 clients (threads, each on its own kept-alive connection, as browsers do) loading: the ticket list
-page, a filtered ticket list page, a ticket page and the API's ticket list. Prints p50/p95/max per case, the
-statements per request, the app's time (view start to response: the rest of the latency is waiting for a
-worker thread, the GIL or a core, HTTP and the client) and how the clients' connections fell on the workers.
+case, 8 clients (threads, each keeping its connection alive when the server lets it, as browsers do) loading:
+the ticket list page, a filtered ticket list page, a ticket page and the API's ticket list. Prints p50/p95/max
+per case, the statements per request, the app's time (view start to response: the rest of the latency is
+waiting for a worker or a core, HTTP and the client) and how the first requests fell on the workers.
+
+PostgreSQL gets the planner setting the README recommends for Ferry's database (random_page_cost = 1.1: its
+tables are small and stay in memory); --random-page-cost "" keeps the server's default (4).
 
     .venv/bin/python -m bench.web_load                                   # PostgreSQL (ferry_bench, dropped after)
     .venv/bin/python -m bench.web_load --sqlite --cases api              # the embedded default
@@ -34,7 +37,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import insert, make_url, text
 
-from tests.support.servers import gunicorn, session_cookie
+from tests.support.servers import gunicorn, procfile_line, session_cookie
 from webapp import create_app
 from webapp import projects as svc
 from webapp.auth import issue_token
@@ -43,17 +46,21 @@ from webapp.models import HostResult, Run, Ticket, TicketEvent
 
 PASSWORD = "bench-password-1"
 TARGET_MS = 50
+USER_AGENT = "ferry-bench/1 (a browser sends the User-Agent it logged in with)"
 STATES = ["released"] * 6 + ["cancelled", "rejected", "release_failed", "staging_failed"]
 WORDS = "fix header footer checkout cart login search banner cache css image typo price mobile menu".split()
 
 
-def create_database(admin_url: str, name: str) -> str:
-    """Create an empty PostgreSQL database `name` (dropping a leftover one) and return its URL."""
+def create_database(admin_url: str, name: str, random_page_cost: str = "") -> str:
+    """Create an empty PostgreSQL database `name` (dropping a leftover one), with the given planner cost of a
+    random page read (empty: the server's), and return its URL."""
     import psycopg  # PostgreSQL only
 
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
+        if random_page_cost:
+            conn.execute(f'ALTER DATABASE "{name}" SET random_page_cost = {float(random_page_cost)}')
     url = make_url(admin_url).set(drivername="postgresql+psycopg", database=name)
     return url.render_as_string(hide_password=False)
 
@@ -164,7 +171,7 @@ def load(base: str, paths, headers: dict, clients: int, per_client: int) -> dict
     times: list[float] = []
     counts: list[int] = []
     app_times: list[float] = []
-    workers: dict[str, int] = {}  # worker pid -> clients whose connection it served first
+    workers: dict[str, int] = {}  # worker pid -> clients whose first request it served
     statuses: dict[int, int] = {}
     lock = threading.Lock()
 
@@ -207,7 +214,7 @@ def load(base: str, paths, headers: dict, clients: int, per_client: int) -> dict
         "sql_max": max(counts) if counts else None,
         "app_p50_ms": percentile(app_times, 0.5) * 1000 if app_times else None,
         "app_p95_ms": percentile(app_times, 0.95) * 1000 if app_times else None,
-        # Kept-alive connections stay on the worker that accepted them: e.g. "5+3" = one worker serves 5 clients.
+        # Where the clients' first requests fell, e.g. "5+3": a kept-alive connection stays on its worker.
         "clients_per_worker": "+".join(str(n) for n in sorted(workers.values(), reverse=True)),
     }
 
@@ -220,6 +227,9 @@ def main() -> None:
         "--admin-url", default=os.environ.get("FERRY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
     )
     parser.add_argument("--database", default="ferry_bench", help="PostgreSQL database to create and drop")
+    parser.add_argument(
+        "--random-page-cost", default="1.1", help="the database's random_page_cost (README); empty: the server's"
+    )
     parser.add_argument("--tickets", type=int, default=10_000)
     parser.add_argument("--history", type=int, default=100_000)
     parser.add_argument("--clients", type=int, default=8)
@@ -230,7 +240,11 @@ def main() -> None:
     load_before = os.getloadavg()[0]  # the 1-minute load average before this run: what else runs on the machine
     work = Path(tempfile.mkdtemp(prefix="ferry-bench-web-"))
     redis_url = os.environ.get("FERRY_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-    database = f"sqlite:///{work / 'bench.sqlite3'}" if args.sqlite else create_database(args.admin_url, args.database)
+    database = (
+        f"sqlite:///{work / 'bench.sqlite3'}"
+        if args.sqlite
+        else create_database(args.admin_url, args.database, args.random_page_cost)
+    )
     app = create_app(
         {
             "SQLALCHEMY_DATABASE_URI": database,
@@ -264,11 +278,12 @@ def main() -> None:
         results = {}
         with gunicorn(app, work / "gunicorn.log", FERRY_BENCH="1") as base:
             headers = {
-                "cookie": {"Cookie": session_cookie(base, "dev", PASSWORD)},
+                "cookie": {"Cookie": session_cookie(base, "dev", PASSWORD, USER_AGENT), "User-Agent": USER_AGENT},
                 "token": {"Authorization": f"Bearer {facts['token']}"},
             }
-            kind = "SQLite" if args.sqlite else "PostgreSQL"
-            print(f"{kind}, gunicorn 2 workers x 8 threads, {args.clients} clients x {args.requests} requests per case")
+            kind = "SQLite" if args.sqlite else f"PostgreSQL (random_page_cost {args.random_page_cost or 'default'})"
+            print(f"{kind}, {args.clients} clients x {args.requests} requests per case")
+            print(f"web: {procfile_line('web')}")
             print(
                 f"{'case':<30} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'SQL/req':>8} "
                 f"{'app p50':>8} {'app p95':>8} {'clients/worker':>15}  statuses"

@@ -11,8 +11,10 @@ DEFAULT_STAGE_TIMEOUT = 1800  # seconds a playbook may run before it is stopped
 DEFAULT_KEEP_RELEASES = 5  # releases kept per host (a project setting)
 DEFAULT_FORKS = 10  # hosts synced in parallel (a project setting)
 DEFAULT_RUN_RETENTION = 50  # run directories kept per project
-# Live-log (SSE) streams one web process serves at once; the rest of its threads stay free for pages and
-# the API. Half of the Procfile's `--threads 8`; keep it at most half of gunicorn's --threads.
+# Live-log (SSE) streams one threaded web process serves at once (e.g. `flask run`, gunicorn --threads N: keep
+# it at most half the threads); the rest stay free for pages and the API. The Procfile's web line sets 0: a
+# sync worker serves one request at a time, so a stream would hold it whole; its pages' watchers poll or, as
+# in every layout the README describes, stream from the `stream` line (gevent, no cap).
 DEFAULT_MAX_STREAMS = 4
 DEFAULT_STREAM_SECONDS = 60  # one SSE connection's lifetime; the browser reconnects with Last-Event-ID
 DEFAULT_BASE_URL = "http://127.0.0.1:5000"  # where ticket links in notifications point

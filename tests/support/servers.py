@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import http.cookiejar
+import os
 import re
+import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -44,22 +45,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def procfile_line(name: str) -> str:
+    """Return the command of the Procfile's `name` line (web, stream, worker, reconciler)."""
+    for line in (REPO / "Procfile").read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return line.split(":", 1)[1].strip()
+    raise KeyError(f"the Procfile has no {name!r} line")
+
+
 @contextmanager
-def gunicorn(app, log: Path, workers: int = 2, threads: int = 8, stream: bool = False, **env: str) -> Iterator[str]:
-    """Run the app under gunicorn exactly as the Procfile's `web` line does (gthread), yield its base URL.
+def gunicorn(app, log: Path, stream: bool = False, **env: str) -> Iterator[str]:
+    """Run the app exactly as the Procfile's `web` line does (its own command, through the shell, bound to a
+    free port), yield its base URL.
 
     `stream=True`: as the Procfile's `stream` line does instead (one gevent worker, for /runs/<id>/events).
     """
     port = free_port()
-    argv = [str(Path(sys.executable).parent / "gunicorn")]
-    if stream:
-        argv += ["--worker-class", "gevent", "--workers", "1", "--worker-connections", "2000"]
-    else:
-        argv += ["--workers", str(workers), "--threads", str(threads)]
-    argv += ["--bind", f"127.0.0.1:{port}", "webapp:create_app()"]
+    bind = "FERRY_STREAM_BIND" if stream else "FERRY_BIND"
+    env = worker_env(app, **env, **{bind: f"127.0.0.1:{port}"})
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            argv, cwd=REPO, env=worker_env(app, **env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            ["/bin/sh", "-c", procfile_line("stream" if stream else "web")],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the shell, gunicorn's master and workers
         )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -74,18 +85,42 @@ def gunicorn(app, log: Path, workers: int = 2, threads: int = 8, stream: bool = 
                 time.sleep(0.2)
         yield base
     finally:
-        proc.terminate()
+        stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """Stop a process started in its own session and everything in its group: TERM, then KILL what is left
+    after `timeout` seconds (gunicorn's master lets its workers finish their requests first)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        proc.poll()  # reap the shell, or the group never empties
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
 
 
-def session_cookie(base: str, username: str, password: str) -> str:
-    """Log in through the real form (with its CSRF token) and return the `Cookie` header a browser would send."""
+def session_cookie(base: str, username: str, password: str, user_agent: str | None = None) -> str:
+    """Log in through the real form (with its CSRF token) and return the `Cookie` header a browser would send.
+
+    `user_agent`: the User-Agent to log in with; a client that sends the same one with the cookie keeps its
+    session as a browser does (a different one makes Flask-Login's session protection re-issue the cookie).
+    """
     jar = http.cookiejar.CookieJar()
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    if user_agent:
+        opener.addheaders = [("User-Agent", user_agent)]
     page = opener.open(f"{base}/login", timeout=30).read().decode()
     found = CSRF_INPUT.search(page)
     fields = {"username": username, "password": password, **({"csrf_token": found.group(1)} if found else {})}

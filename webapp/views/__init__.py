@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from flask import Flask, current_app, flash, jsonify, redirect, render_template, request
+from flask import Flask, current_app, flash, jsonify, redirect, render_template, request, url_for
 from flask_babel import gettext
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import IntegerConverter, ValidationError
@@ -59,6 +59,15 @@ def _security_headers(response):
     return response
 
 
+def row_url(endpoint: str, key: str) -> str:
+    """Return `endpoint`'s URL up to its trailing id argument `key` ("/tickets/"): a list's rows append their
+    ids to it instead of routing a URL per row (50 routings were a tenth of the ticket list's time)."""
+    url = url_for(endpoint, **{key: 0})
+    if not url.endswith("/0"):
+        raise ValueError(f"{endpoint}: {key} is not the last part of its URL")
+    return url[:-1]
+
+
 class IdConverter(IntegerConverter):
     """`<int:…>` in URLs: ASCII digits within the range an id can have; anything else is a 404, never a 500."""
 
@@ -86,3 +95,4 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, _handle_http_error)
     app.register_error_handler(500, _handle_500)
     app.after_request(_security_headers)
+    app.jinja_env.globals["row_url"] = row_url

@@ -3,11 +3,12 @@
 Every stream of a run in one process reads the same in-memory feed (webapp/run_feed.py: one reader of the
 run's Redis stream and status per process), so a watcher costs no DB or Redis work of its own. Under the
 Procfile's `stream` line (gunicorn's gevent worker, where the reverse proxy sends /runs/<id>/events) a stream
-is a greenlet and there is no cap. Under the threaded `web` line each SSE connection holds a thread while it
-is open: so that watchers never starve pages and API calls, such a process serves at most FERRY_MAX_STREAMS
-streams at once; a watcher beyond that gets a `poll` event and the page polls /runs/<id>/log instead (one
-short request a second). Every stream closes after FERRY_STREAM_SECONDS, so slots are freed regularly; the
-browser reconnects with Last-Event-ID and carries on where it was.
+is a greenlet and there is no cap. Anywhere else an SSE connection holds a thread (or, under the Procfile's
+sync `web` line, the whole worker) while it is open: so that watchers never starve pages and API calls, such
+a process serves at most FERRY_MAX_STREAMS streams at once (the web line: 0); a watcher beyond that gets a
+`poll` event and the page polls /runs/<id>/log instead (one short request a second). Every stream closes
+after FERRY_STREAM_SECONDS, so slots are freed regularly; the browser reconnects with Last-Event-ID and
+carries on where it was.
 """
 
 from __future__ import annotations
