@@ -5,11 +5,11 @@ a real `flask worker` process, a real staging update and release to local hosts,
 follows /runs/<id>/events like the page does. For each log line it compares the event's `created`
 timestamp (set by ansible-runner's callback) with the arrival time. Prints min/median/p95/max per stage.
 
-With `--watchers N` it measures something else: the app served by gunicorn as the Procfile runs it
-(2 workers x 8 threads), N watchers following one real release (a 30 s sleep hook on each host) the way
-the ticket page does (SSE, or polling when the server has no stream slot free), and meanwhile a loop
-loading the ticket list and calling the API. Prints page and API latency p50/p95/max and how the
-watchers followed the run.
+With `--watchers N` it measures something else: the app served by gunicorn as the Procfile's lines run it
+(web: sync workers that serve no stream; stream: gevent), N watchers following one real release (a 30 s
+sleep hook on each host) the way the ticket page does (SSE, or polling when told to), and meanwhile a loop
+loading the ticket list and calling the API. Prints page and API latency p50/p95/max and how the watchers
+followed the run.
 
 Usage: .venv/bin/python -m bench.live_log_latency [--releases 3] [--watchers N]
 Needs Redis at FERRY_BENCH_REDIS_URL (default redis://127.0.0.1:6379/14, flushed).
@@ -219,7 +219,7 @@ def watchers_bench(app, work: Path, tokens: dict, svns: list, args: argparse.Nam
         if watch is not None:
             expected[kind] = max(expected.get(kind, 0), len(watch.lines))
     summary: dict = {
-        "design": "web (gthread, capped) + stream process (gevent)" if not args.no_stream_process else "web only",
+        "design": "web (sync) + stream process (gevent)" if not args.no_stream_process else "web only",
         "watchers": args.watchers,
         "other_watchers": args.other_watchers,
         "other_runs": len(others) if args.other_watchers else 0,
@@ -289,7 +289,9 @@ def main() -> None:
     parser.add_argument("--other-runs", type=int, default=2, help="other releases running meanwhile")
     parser.add_argument("--browsers", type=int, default=1, help="people loading pages and the API meanwhile")
     parser.add_argument(
-        "--no-stream-process", action="store_true", help="streams from the web process only (no Procfile stream line)"
+        "--no-stream-process",
+        action="store_true",
+        help="no Procfile stream line: the web line alone (it serves no stream: every watcher polls)",
     )
     parser.add_argument("--redis-url", default=os.environ.get("FERRY_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"))
     args = parser.parse_args()
