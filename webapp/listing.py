@@ -216,17 +216,8 @@ class TicketBrief(NamedTuple):
     updated_at: datetime
 
     def row(self) -> TicketRow:
-        """Return the ticket as the list page shows it."""
-        return TicketRow(
-            self.id,
-            self.project_name,
-            self.kind,
-            self.state,
-            self.reason,
-            self.author_name,
-            self.version,
-            self.updated_at,
-        )
+        """Return the ticket as the list page shows it (its fields are a subset of a brief's)."""
+        return TicketRow._make(getattr(self, name) for name in TicketRow._fields)
 
 
 _approver = aliased(User)

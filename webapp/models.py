@@ -85,8 +85,12 @@ class User(UserMixin, db.Model):
 
     def role_in(self, project: Project) -> Role | None:
         """Return this user's role in `project`, or None."""
+        return self.role_in_project(project.id)
+
+    def role_in_project(self, project_id: int) -> Role | None:
+        """Return this user's role in the project with id `project_id`, or None (for rows without ORM objects)."""
         for m in self.memberships:
-            if m.project_id == project.id:
+            if m.project_id == project_id:
                 return Role(m.role)
         return None
 

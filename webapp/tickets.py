@@ -16,43 +16,40 @@ from .errors import BadInput, Conflict, NotFound, from_status
 from .fleet import drift_line
 from .listing import TicketBrief
 from .models import Project, Run, Ticket, TicketEvent, User, utcnow
-from .workflow import Kind, Role, State
+from .workflow import Kind, State
 
 
 def facts(ticket: Ticket) -> workflow.TicketFacts:
     """Return what the state machine needs to know about `ticket`."""
+    return _facts(ticket, ticket.project)
+
+
+def _facts(ticket: Ticket | TicketBrief, settings: Project | TicketBrief) -> workflow.TicketFacts:
+    """Return the state machine's facts of a ticket, its project's approval rules read from `settings` (the
+    project, or a list's TicketBrief row, which carries them)."""
     return workflow.TicketFacts(
         state=State(ticket.state),
         kind=Kind(ticket.kind),
         author_id=ticket.author_id,
-        requires_approval=ticket.project.requires_approval,
-        allow_self_approval=ticket.project.allow_self_approval,
+        requires_approval=settings.requires_approval,
+        allow_self_approval=settings.allow_self_approval,
         contributor_ids=frozenset(ticket.contributor_ids or ()),
     )
 
 
-def actor(user: User, project: Project) -> workflow.Actor:
-    """Return what the state machine needs to know about `user` in `project`."""
-    return workflow.Actor(user_id=user.id, role=user.role_in(project), is_admin=user.is_admin)
+def actor(user: User, project_id: int) -> workflow.Actor:
+    """Return what the state machine needs to know about `user` in the project with id `project_id`."""
+    return workflow.Actor(user_id=user.id, role=user.role_in_project(project_id), is_admin=user.is_admin)
 
 
 def allowed_actions(ticket: Ticket, user: User) -> list[str]:
     """Return the actions `user` may fire on `ticket` now."""
-    return workflow.allowed_actions(facts(ticket), actor(user, ticket.project))
+    return workflow.allowed_actions(facts(ticket), actor(user, ticket.project_id))
 
 
 def brief_actions(brief: TicketBrief, user: User) -> list[str]:
     """Return the actions `user` may fire now on a ticket of a list (its TicketBrief row: no ORM objects)."""
-    facts = workflow.TicketFacts(
-        state=State(brief.state),
-        kind=Kind(brief.kind),
-        author_id=brief.author_id,
-        requires_approval=brief.requires_approval,
-        allow_self_approval=brief.allow_self_approval,
-        contributor_ids=frozenset(brief.contributor_ids or ()),
-    )
-    role = next((Role(m.role) for m in user.memberships if m.project_id == brief.project_id), None)
-    return workflow.allowed_actions(facts, workflow.Actor(user_id=user.id, role=role, is_admin=user.is_admin))
+    return workflow.allowed_actions(_facts(brief, brief), actor(user, brief.project_id))
 
 
 def can_see(user: User, project: Project) -> bool:
@@ -157,7 +154,7 @@ def act(session: Session, ticket: Ticket, user: User, action: str, data: dict | 
     """Fire a user action on `ticket`; return the run to enqueue after commit, if any."""
     data = data or {}
     f = facts(ticket)
-    a = actor(user, ticket.project)
+    a = actor(user, ticket.project_id)
     try:
         new = workflow.transition(f, a, action)
     except workflow.TransitionError as e:

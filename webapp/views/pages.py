@@ -42,9 +42,9 @@ ACTION_LABELS = {
 
 
 def visible_projects() -> list[Project]:
-    """Return the projects the current user may see."""
-    projects = db.session.scalars(select(Project).order_by(Project.name)).all()
-    return [p for p in projects if tickets.can_see(current_user, p)]
+    """Return the projects the current user may see, by name."""
+    query = listing.visible_only(select(Project), Project.id, current_user).order_by(Project.name)
+    return list(db.session.scalars(query))
 
 
 def visible_project_names() -> list[str]:
@@ -104,7 +104,7 @@ def ticket_list():
 @login_required
 def new_ticket():
     """Show and handle the form that files a release ticket."""
-    projects = [p for p in visible_projects() if current_user.is_admin or current_user.role_in(p)]
+    projects = visible_projects()
     if request.method == "POST":
         form = request.form
         ticket, run = tickets.create_ticket(
